@@ -1,0 +1,3 @@
+"""genlab: a config-driven lab for training and comparing generative models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""Config schemas (Hydra ConfigStore) and the semantic checks that run before anything is built.
+
+Types of the trainer/dataset/optimizer groups are checked by Hydra at compose time through the
+dataclasses below. Each model class carries its own `Config` dataclass: `validate` merges the
+composed `model` node into it, so a misspelt or mistyped model option fails the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from genlab.errors import GenlabError
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 10000
+    batch_size: int = 64
+    device: str = "auto"
+    precision: str = "32"
+    grad_clip: Optional[float] = None
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    eval_every: int = 0
+    num_fixed_samples: int = 64
+    resume: Optional[str] = None
+    progress: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist"
+    _target_: str = "genlab.data.images.torchvision_dataset"
+    root: str = "data"
+    image_size: Optional[int] = None
+    channels: Optional[int] = None
+    download: bool = True
+    classes: Optional[list[int]] = None
+    binarize: Optional[str] = None
+    limit: Optional[int] = None
+    path: Optional[str] = None
+    test_fraction: float = 0.1
+    n_train: int = 100000
+    n_test: int = 10000
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 2e-4
+    betas: Optional[list[float]] = None
+    eps: Optional[float] = None
+    weight_decay: float = 0.0
+    momentum: Optional[float] = None
+    alpha: Optional[float] = None
+    # per-network overrides, e.g. {discriminator: {lr: 4e-4}} for the two-timescale rule
+    per_network: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    model: Any = field(default_factory=dict)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="optimizer", name="optimizer_schema", node=OptimizerConfig)
+
+
+PRECISIONS = ("32", "bf16", "16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def model_class(cfg: DictConfig):
+    """The Model class named by cfg.model._target_."""
+    from hydra.utils import get_class
+
+    target = cfg.model.get("_target_")
+    if not target:
+        raise GenlabError("the model config has no _target_; pick one with model=<name>")
+    try:
+        return get_class(target)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error here
+        raise GenlabError(f"model._target_={target} cannot be imported ({e})") from None
+
+
+def typed_model_config(cfg: DictConfig) -> DictConfig:
+    """cfg.model merged into its class's Config dataclass: unknown keys and wrong types fail here."""
+    cls = model_class(cfg)
+    schema = OmegaConf.structured(cls.Config)
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    node.pop("_target_", None)
+    try:
+        return OmegaConf.merge(schema, node)
+    except OmegaConfBaseException as e:
+        raise GenlabError(f"model.{_omegaconf_message(e)}") from None
+
+
+def _omegaconf_message(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or ""
+    first = str(e).strip().splitlines()[0]
+    return f"{key}: {first}" if key else first
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise GenlabError(msg)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Semantic checks on a composed train config; returns the typed model config."""
+    t = cfg.trainer
+    _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")
+    _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
+    _check(str(t.precision) in PRECISIONS,
+           f"trainer.precision must be one of 32, bf16, 16; got {t.precision}")
+    _check(bool(_DEVICE.match(str(t.device))),
+           f"trainer.device must be auto, cpu, cuda or cuda:N; got {t.device}")
+    for k in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
+        _check(t[k] >= 0, f"trainer.{k} must be >= 0 (0 turns it off), got {t[k]}")
+    _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
+    _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
+    for name, over in (cfg.optimizer.per_network or {}).items():
+        lr = over.get("lr") if over is not None else None
+        _check(lr is None or lr > 0, f"optimizer.per_network.{name}.lr must be > 0, got {lr}")
+    from genlab.data import expected_spec
+
+    spec = expected_spec(cfg.dataset)
+    mcfg = typed_model_config(cfg)
+    problem = model_class(cfg).check(mcfg, spec)
+    _check(problem is None, f"{problem}")
+    return mcfg
