@@ -1,0 +1,29 @@
+"""Datasets: `build(cfg.dataset)` gives a Data held on the training device; `expected_spec` its shape
+without loading anything (so configs are validated before data is read)."""
+
+from __future__ import annotations
+
+from hydra.utils import get_method
+
+from genlab.data.base import Data, Spec
+from genlab.errors import GenlabError
+
+__all__ = ["Data", "Spec", "build", "expected_spec"]
+
+
+def _loader(cfg):
+    try:
+        return get_method(cfg._target_)
+    except Exception as e:  # noqa: BLE001
+        raise GenlabError(f"dataset._target_={cfg._target_} cannot be imported ({e})") from None
+
+
+def build(cfg, device="cpu", seed: int = 0) -> Data:
+    """Load the dataset described by cfg and move it to `device`."""
+    return _loader(cfg)(cfg, seed=seed).to(device)
+
+
+def expected_spec(cfg) -> Spec:
+    """The Spec a dataset config will produce (a loader declares it via its `spec` attribute)."""
+    fn = _loader(cfg)
+    return fn.spec(cfg)

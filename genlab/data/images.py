@@ -1,0 +1,273 @@
+"""Image datasets: MNIST, Fashion-MNIST, CIFAR-10 (torchvision files, offline locations) and folders.
+
+Everything is loaded once into uint8 tensors (N, C, H, W); resizing and channel conversion happen
+here, at load time, so training only indexes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genlab.data.base import Data, Spec
+from genlab.errors import GenlabError
+
+# name -> (torchvision class name, native shape, number of classes, class names)
+IMAGE_DATASETS = {
+    "mnist": ("MNIST", (1, 28, 28), 10, [str(i) for i in range(10)]),
+    "fashion_mnist": ("FashionMNIST", (1, 28, 28), 10,
+                      ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                       "sneaker", "bag", "ankle boot"]),
+    "cifar10": ("CIFAR10", (3, 32, 32), 10,
+                ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                 "truck"]),
+}
+
+# Offline locations that Linux distributions install datasets to (Debian's dataset-fashion-mnist).
+SYSTEM_DIRS = {
+    "fashion_mnist": ["/usr/share/datasets/fashion-mnist"],
+    "mnist": ["/usr/share/datasets/mnist"],
+}
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def data_root(cfg) -> Path:
+    """Where datasets live: dataset.root (default: $GENLAB_DATA or ./data)."""
+    return Path(os.path.expanduser(str(cfg.root)))
+
+
+# ---- IDX (MNIST-format) files -----------------------------------------------------------------
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise GenlabError(f"{path} is not an IDX file (bad magic number); delete it and let genlab download it again")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != 0x08:
+        raise GenlabError(f"{path}: only unsigned-byte IDX files are supported")
+    dims = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(dims)):
+        raise GenlabError(f"{path} is truncated ({arr.size} of {int(np.prod(dims))} bytes); delete it and download again")
+    return arr.reshape(dims)
+
+
+def _find_idx(dirs: list[Path], stem: str) -> Path | None:
+    for d in dirs:
+        for suffix in ("", ".gz"):
+            p = d / (stem + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def _idx_dirs(name: str, root: Path) -> list[Path]:
+    tv = IMAGE_DATASETS[name][0]
+    dirs = [root / tv / "raw", root / name, root]
+    dirs += [Path(d) for d in SYSTEM_DIRS.get(name, [])]
+    return dirs
+
+
+def _load_idx_dataset(name: str, root: Path):
+    dirs = _idx_dirs(name, root)
+    out = {}
+    for split, (img, lab) in IDX_FILES.items():
+        pi, pl = _find_idx(dirs, img), _find_idx(dirs, lab)
+        if pi is None or pl is None:
+            return None, dirs
+        x, y = read_idx(pi), read_idx(pl)
+        if len(x) != len(y):
+            raise GenlabError(f"{pi} has {len(x)} images but {pl} has {len(y)} labels")
+        out[split] = (torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+    return out, dirs
+
+
+def _load_cifar10(root: Path):
+    d = root / "cifar-10-batches-py"
+    if not (d / "data_batch_1").is_file():
+        return None, [d]
+    out = {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        xs, ys = [], []
+        for n in names:
+            try:
+                with open(d / n, "rb") as f:
+                    entry = pickle.load(f, encoding="latin1")
+            except Exception as e:  # noqa: BLE001
+                raise GenlabError(f"cannot read {d / n} ({e}); delete {d} and download again") from None
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(entry["labels"], dtype=np.int64))
+        out[split] = (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
+    return out, [d]
+
+
+def _download(name: str, root: Path) -> str | None:
+    """Try torchvision's download; return an error description on failure."""
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, IMAGE_DATASETS[name][0])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - network errors come in many types
+        cause = e.__cause__ or e.__context__ or e
+        text = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else type(cause).__name__
+        return f"is the network reachable? {text}"
+    return None
+
+
+def _load_splits(name: str, cfg):
+    root = data_root(cfg)
+    loader = _load_cifar10 if name == "cifar10" else (lambda r: _load_idx_dataset(name, r))
+    splits, looked = loader(root)
+    if splits is None and cfg.download:
+        err = _download(name, root)
+        splits, looked = loader(root)
+        if splits is None:
+            raise GenlabError(
+                f"dataset {name} not found and the download failed ({err}); looked in "
+                f"{', '.join(str(p) for p in looked)}. Put the files there (torchvision layout) or "
+                f"point dataset.root / GENLAB_DATA at them")
+    if splits is None:
+        raise GenlabError(
+            f"dataset {name} not found (dataset.download=false); looked in "
+            f"{', '.join(str(p) for p in looked)}. Put the files there or set dataset.download=true")
+    return splits
+
+
+# ---- conversions ------------------------------------------------------------------------------
+def convert(x: torch.Tensor, channels: int | None, size: int | None) -> torch.Tensor:
+    """uint8 (N,C,H,W) to `channels` channels and size x size pixels (area/bilinear resize)."""
+    if channels is not None and channels != x.shape[1]:
+        if channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        elif channels == 1 and x.shape[1] == 3:
+            w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+        else:
+            raise GenlabError(f"cannot convert {x.shape[1]}-channel images to {channels} channels")
+    if size is not None and (x.shape[2] != size or x.shape[3] != size):
+        out = []
+        for i in range(0, len(x), 4096):
+            xb = x[i:i + 4096].float()
+            if xb.shape[2] != xb.shape[3]:
+                s = min(xb.shape[2], xb.shape[3])
+                t, l = (xb.shape[2] - s) // 2, (xb.shape[3] - s) // 2
+                xb = xb[:, :, t:t + s, l:l + s]
+            xb = F.interpolate(xb, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            out.append(xb.round().clamp(0, 255).to(torch.uint8))
+        x = torch.cat(out)
+    return x
+
+
+def _select(x, y, classes, limit):
+    if classes is not None:
+        keep = torch.isin(y, torch.tensor(list(classes), dtype=y.dtype))
+        x, y = x[keep], y[keep]
+    if limit is not None:
+        x, y = x[:limit], y[:limit]
+    return x, y
+
+
+def torchvision_dataset(cfg, seed: int = 0) -> Data:
+    """MNIST, Fashion-MNIST or CIFAR-10 from local files, the system's dataset packages, or a download."""
+    name = cfg.name
+    if name not in IMAGE_DATASETS:
+        raise GenlabError(f"unknown image dataset '{name}'; choose one of {', '.join(IMAGE_DATASETS)}")
+    splits = _load_splits(name, cfg)
+    _, shape, k, class_names = IMAGE_DATASETS[name]
+    tensors = []
+    for split in ("train", "test"):
+        x, y = _select(*splits[split], cfg.classes, cfg.limit if split == "train" else None)
+        if len(x) == 0:
+            raise GenlabError(f"dataset {name} has no {split} images for classes {list(cfg.classes)}")
+        tensors += [convert(x, cfg.channels, cfg.image_size), y]
+    return Data(name, "image", tensors[0], tensors[1], tensors[2], tensors[3], num_classes=k,
+                class_names=class_names, seed=seed, binarize=cfg.binarize)
+
+
+def _tv_spec(cfg) -> Spec:
+    if cfg.name not in IMAGE_DATASETS:
+        raise GenlabError(f"unknown image dataset '{cfg.name}'; choose one of {', '.join(IMAGE_DATASETS)}")
+    _, (c, h, _), k, _ = IMAGE_DATASETS[cfg.name]
+    size = cfg.image_size or h
+    return Spec("image", (cfg.channels or c, size, size), k, binarized=cfg.binarize is not None)
+
+
+torchvision_dataset.spec = _tv_spec
+
+# ---- folders of images ------------------------------------------------------------------------
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _load_image(path: Path, channels: int, size: int) -> torch.Tensor:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            w, h = im.size
+            s = size / min(w, h)
+            im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+            w, h = im.size
+            l, t = (w - size) // 2, (h - size) // 2
+            im = im.crop((l, t, l + size, t + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+        raise GenlabError(f"cannot read image {path} ({type(e).__name__}); remove or replace it") from None
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def list_images(path: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
+    """Image files under `path`; labels from first-level subfolders when every image is in one."""
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    subdirs = sorted({p.relative_to(path).parts[0] for p in files if len(p.relative_to(path).parts) > 1})
+    if files and subdirs and all(len(p.relative_to(path).parts) > 1 for p in files) and len(subdirs) > 1:
+        index = {d: i for i, d in enumerate(subdirs)}
+        return files, [index[p.relative_to(path).parts[0]] for p in files], subdirs
+    return files, None, None
+
+
+def image_folder(cfg, seed: int = 0) -> Data:
+    """Every image under dataset.path, resized (shorter side) and centre-cropped to image_size."""
+    if not cfg.path:
+        raise GenlabError("dataset=image_folder needs dataset.path=/path/to/images")
+    path = Path(os.path.expanduser(str(cfg.path)))
+    if not path.is_dir():
+        raise GenlabError(f"dataset.path={path} is not a folder; point it at a folder of images")
+    files, labels, names = list_images(path)
+    if not files:
+        raise GenlabError(f"no images found under {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if cfg.limit is not None:
+        files, labels = files[:cfg.limit], (labels[:cfg.limit] if labels else None)
+    channels, size = cfg.channels or 3, cfg.image_size or 64
+    x = torch.stack([_load_image(p, channels, size) for p in files])
+    y = torch.tensor(labels, dtype=torch.int64) if labels else None
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(20_000 + seed))
+    n_test = int(round(len(x) * cfg.test_fraction)) if len(x) > 1 else 0
+    test, train = perm[:n_test], perm[n_test:]
+    if n_test == 0:  # too few images to hold any out: evaluate on the training images
+        test = train
+    return Data(path.name, "image", x[train], y[train] if y is not None else None, x[test],
+                y[test] if y is not None else None, num_classes=len(names) if names else None,
+                class_names=names, seed=seed, binarize=cfg.binarize)
+
+
+image_folder.spec = lambda cfg: Spec("image", (cfg.channels or 3, cfg.image_size or 64, cfg.image_size or 64),
+                                     None, binarized=cfg.binarize is not None)

@@ -1,0 +1,40 @@
+"""Toy 2-D Gaussian mixtures with the geometry of the PacGAN/VEEGAN benchmarks."""
+
+from __future__ import annotations
+
+import torch
+
+from genlab.data.base import Data, Spec
+from genlab.errors import GenlabError
+from genlab.metrics.toy import GRID25_STD, RING8_STD, grid25_centers, ring8_centers
+
+
+# name -> (centres, std, plot half-width)
+MIXTURES = {
+    "ring8": (ring8_centers, RING8_STD, 1.5),
+    "grid25": (grid25_centers, GRID25_STD, 5.5),
+}
+
+
+def sample_mixture(name: str, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """n points (float32) and their mode index from the uniform mixture `name`."""
+    centers_fn, std, _ = MIXTURES[name]
+    centers = centers_fn().double()
+    k = torch.randint(len(centers), (n,), generator=generator)
+    x = centers[k] + std * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return x.float(), k
+
+
+def mixture(cfg, seed: int = 0) -> Data:
+    """A train/test split of n_train/n_test points from the mixture cfg.name."""
+    if cfg.name not in MIXTURES:
+        raise GenlabError(f"unknown toy mixture '{cfg.name}'; choose one of {', '.join(MIXTURES)}")
+    g = torch.Generator().manual_seed(10_000 + seed)
+    xtr, ytr = sample_mixture(cfg.name, cfg.n_train, g)
+    xte, yte = sample_mixture(cfg.name, cfg.n_test, g)
+    centers_fn, std, extent = MIXTURES[cfg.name]
+    return Data(cfg.name, "points", xtr, ytr, xte, yte, num_classes=None, seed=seed,
+                centers=centers_fn().float(), std=std, extent=extent)
+
+
+mixture.spec = lambda cfg: Spec("points", (2,), None)
