@@ -1,0 +1,34 @@
+"""Precision, recall, density and coverage of k-NN manifolds (Naeem et al. 2020).
+
+Definitions follow the reference `prdc` package: a real point's radius is the distance to its k-th
+nearest other real point; fake j is "inside" real ball i when d(i, j) < radius_i (strictly).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genlab.metrics._distance import as_float64, distance_blocks, kth_neighbour_distance
+
+
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, chunk: int = 1024) -> dict[str, float]:
+    """Precision, recall, density and coverage between real (N, D) and fake (M, D) features."""
+    real, fake = as_float64(real), as_float64(fake)
+    real_radii = kth_neighbour_distance(real, k, chunk)
+    fake_radii = kth_neighbour_distance(fake, k, chunk)
+    # Number of real balls holding each fake point; precision and density both come from it.
+    balls_per_fake = torch.zeros(fake.shape[0], dtype=torch.float64, device=fake.device)
+    recalled = torch.empty(real.shape[0], dtype=torch.bool, device=real.device)
+    covered = torch.empty(real.shape[0], dtype=torch.bool, device=real.device)
+    for start, d in distance_blocks(real, fake, chunk):  # d: (real rows, all fakes)
+        rows = slice(start, start + d.shape[0])
+        inside_real = d < real_radii[rows, None]
+        balls_per_fake += inside_real.sum(0)
+        recalled[rows] = (d < fake_radii[None, :]).any(1)
+        covered[rows] = d.min(1).values < real_radii[rows]
+    return {
+        "precision": float((balls_per_fake > 0).double().mean()),
+        "recall": float(recalled.double().mean()),
+        "density": float(balls_per_fake.mean() / k),
+        "coverage": float(covered.double().mean()),
+    }
