@@ -1,0 +1,51 @@
+"""Architectures only (no losses): a registry from `arch` names to generator/discriminator classes.
+
+`arch: auto` picks the MLP family for vector data and the DCGAN-style conv family for images, so
+one model config serves both toy and image datasets.
+"""
+
+from __future__ import annotations
+
+from hydra.utils import get_class
+
+from genlab.errors import GenlabError
+
+ARCHS = {
+    "mlp": ("genlab.nets.mlp.MLPGenerator", "genlab.nets.mlp.MLPDiscriminator"),
+    "conv": ("genlab.nets.dcgan.DCGANGenerator", "genlab.nets.dcgan.DCGANDiscriminator"),
+}
+
+
+def resolve_arch(arch: str, kind: str) -> str:
+    """`auto` -> mlp for points, conv for images; other names are checked against ARCHS."""
+    if arch == "auto":
+        return "mlp" if kind == "points" else "conv"
+    if arch not in ARCHS:
+        raise GenlabError(f"unknown architecture '{arch}'; choose one of auto, {', '.join(ARCHS)}")
+    return arch
+
+
+def _build(cls_path: str, net_cfg, **given):
+    """Instantiate cls with the config keys its constructor accepts (a config serves several archs)."""
+    import inspect
+
+    from omegaconf import OmegaConf
+
+    cls = get_class(cls_path)
+    kw = OmegaConf.to_container(net_cfg, resolve=True) if not isinstance(net_cfg, dict) else dict(net_cfg)
+    params = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    kw = {k: v for k, v in kw.items() if k != "arch" and (takes_any or k in params)}
+    return cls(**{**kw, **given})
+
+
+def generator(net_cfg, spec, z_dim: int, **extra):
+    """The generator/decoder named by net_cfg.arch mapping z_dim -> spec.shape."""
+    arch = resolve_arch(net_cfg.arch, spec.kind)
+    return _build(ARCHS[arch][0], net_cfg, z_dim=z_dim, shape=tuple(spec.shape), **extra)
+
+
+def discriminator(net_cfg, spec, **extra):
+    """The discriminator/critic/encoder named by net_cfg.arch reading spec.shape."""
+    arch = resolve_arch(net_cfg.arch, spec.kind)
+    return _build(ARCHS[arch][1], net_cfg, shape=tuple(spec.shape), **extra)

@@ -1,0 +1,62 @@
+"""Multi-layer perceptrons for vector data (the toy mixtures) and small latent spaces."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, depth: int, act: str = "relu", norm: str = "none",
+        spectral_norm: bool = False) -> nn.Sequential:
+    """`depth` hidden layers of width `hidden` with activation `act`, then a linear output."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for _ in range(depth):
+        lin = nn.Linear(d, hidden)
+        layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
+        if norm == "batch":
+            layers.append(nn.BatchNorm1d(hidden))
+        elif norm == "layer":
+            layers.append(nn.LayerNorm(hidden))
+        layers.append(nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2))
+        d = hidden
+    out = nn.Linear(d, out_dim)
+    layers.append(nn.utils.parametrizations.spectral_norm(out) if spectral_norm else out)
+    return nn.Sequential(*layers)
+
+
+class MLPGenerator(nn.Module):
+    """z -> point: an MLP with ReLU hidden layers and a linear output."""
+
+    def __init__(self, z_dim: int, shape: tuple, hidden: int = 256, depth: int = 3, norm: str = "none",
+                 out_activation: str = "none", **_):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.net = mlp(z_dim, math.prod(shape), hidden, depth, "relu", norm)
+        self.out_activation = out_activation
+
+    def forward(self, z):
+        x = self.net(z)
+        if self.out_activation == "tanh":
+            x = x.tanh()
+        return x.view(len(z), *self.shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """point -> score: an MLP with LeakyReLU(0.2) hidden layers; `features` is the last hidden layer."""
+
+    def __init__(self, shape: tuple, hidden: int = 256, depth: int = 3, norm: str = "none",
+                 spectral_norm: bool = False, out_dim: int = 1, **_):
+        super().__init__()
+        net = mlp(math.prod(shape), out_dim, hidden, depth, "lrelu", norm, spectral_norm)
+        self.body, self.head = net[:-1], net[-1]
+        self.feature_dim = hidden
+        self.out_dim = out_dim
+
+    def features(self, x):
+        return self.body(x.flatten(1))
+
+    def forward(self, x):
+        out = self.head(self.features(x))
+        return out.squeeze(1) if self.out_dim == 1 else out
