@@ -1,0 +1,123 @@
+"""The Model contract: networks plus an ordered schedule of optimisation steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """One training batch on the training device: x in [-1, 1] (images) or raw coordinates (points)."""
+
+    x: torch.Tensor
+    y: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass
+class StepContext:
+    """What a step function may need from the loop: the global step and loss scaling for autograd.grad."""
+
+    step: int
+    scale: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    inv_scale: Callable[[], float] = lambda: 1.0
+
+
+LossFn = Callable[[Batch, StepContext], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
+
+
+@dataclass
+class Step:
+    """One phase of a trainer step: `repeat` times draw a batch, compute fn's loss, update `optimizer`'s params."""
+
+    name: str
+    optimizer: str
+    fn: LossFn
+    repeat: int = 1
+    after: Callable[[], None] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    """Base class for every genlab model.
+
+    Subclasses build their networks in __init__ from (cfg, spec) and implement `networks`,
+    `schedule` and `sample`. The trainer owns optimizers (one per key of `networks()`), precision,
+    logging and checkpoints; the model owns the objective.
+    """
+
+    #: 'adversarial' or 'likelihood'; decides which metrics make sense.
+    family: str = "adversarial"
+    #: whether sample() accepts labels
+    conditional: bool = False
+
+    def __init__(self, cfg, spec):
+        super().__init__()
+        self.cfg = cfg
+        self.spec = spec
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Optimizer key -> module whose parameters that optimizer updates."""
+        raise NotImplementedError
+
+    def schedule(self) -> list[Step]:
+        """The ordered steps of one trainer step (one generator update for GANs)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
+               noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
+        raise NotImplementedError
+
+    def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
+        return None
+
+    @torch.no_grad()
+    def visuals(self, fixed: dict, data) -> dict[str, torch.Tensor]:
+        """Named images (float in [0, 1], (C,H,W)) for TensorBoard; the first one is saved under samples/."""
+        from genlab import viz
+
+        x = self.sample(fixed["n"], noise=fixed.get("noise"), labels=fixed.get("labels"),
+                        generator=fixed.get("generator"))
+        if data.kind == "points":
+            return {"samples": viz.scatter(x, data.test_x[:2000], extent=data.extent)}
+        return {"samples": viz.grid(x, nrow=fixed.get("nrow"))}
+
+    @torch.no_grad()
+    def evaluate(self, data) -> dict[str, float]:
+        """Held-out metrics the model can compute itself (e.g. test NLL); {} for GANs."""
+        return {}
+
+
+@dataclass
+class NetConfig:
+    """Architecture options; `arch: auto` is the MLP family for points and the conv family for images."""
+
+    arch: str = "auto"
+    hidden: int = 256
+    depth: int = 3
+    base_channels: int = 64
+    norm: str = "batch"
+    spectral_norm: bool = False
+
+
+def conv_size_problem(shape) -> str | None:
+    """Why the conv families cannot handle this image shape (None if they can)."""
+    c, h, w = shape
+    if h != w:
+        return f"images must be square for the conv networks, got {h}x{w}; set dataset.image_size"
+    s, n = h, 0
+    while s % 2 == 0 and s >= 8:
+        s, n = s // 2, n + 1
+    if n < 2 or s > 8:
+        return (f"image size {h} is not supported by the conv networks (it must halve at least twice to a "
+                f"size between 3 and 7, e.g. 28, 32, 48, 64); set dataset.image_size")
+    return None

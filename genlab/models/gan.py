@@ -1,0 +1,110 @@
+"""Unconditional GANs: one class, many games. The loss table (losses.py), the number of critic steps,
+weight clipping and the gradient penalty are config values, so GAN, WGAN and WGAN-GP are YAML files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from genlab import nets
+from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
+from genlab.models.losses import LOSSES, build_loss
+from genlab.models.penalties import clip_weights, gradient_penalty, interpolates
+
+
+@dataclass
+class GANConfig:
+    name: str = "gan"
+    loss: str = "ns"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    z_dim: int = 64
+    n_critic: int = 1
+    clip: Optional[float] = None
+    gp_weight: float = 0.0
+    gp_center: float = 1.0
+    generator: NetConfig = field(default_factory=NetConfig)
+    discriminator: NetConfig = field(default_factory=NetConfig)
+
+
+class GAN(Model):
+    """Generator G(z) against discriminator/critic D(x) under an adversarial loss from the table."""
+
+    Config = GANConfig
+
+    @classmethod
+    def check(cls, cfg, spec) -> str | None:
+        """Why cfg cannot work on data of this spec (None if it can)."""
+        if cfg.loss not in LOSSES:
+            return f"model.loss={cfg.loss} is unknown; choose one of {', '.join(LOSSES)}"
+        if cfg.n_critic < 1:
+            return f"model.n_critic must be >= 1, got {cfg.n_critic}"
+        if cfg.z_dim < 1:
+            return f"model.z_dim must be >= 1, got {cfg.z_dim}"
+        if cfg.clip is not None and cfg.clip <= 0:
+            return f"model.clip must be > 0 (or null for no clipping), got {cfg.clip}"
+        if cfg.gp_weight < 0:
+            return f"model.gp_weight must be >= 0, got {cfg.gp_weight}"
+        if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
+                                               nets.resolve_arch(cfg.discriminator.arch, spec.kind)):
+            return conv_size_problem(spec.shape)
+        return None
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        self.generator = nets.generator(cfg.generator, spec, cfg.z_dim)
+        self.discriminator = nets.discriminator(cfg.discriminator, spec)
+        self.loss = build_loss(cfg.loss, **cfg.loss_params)
+        self.critic_name = "critic" if cfg.loss == "wasserstein" else "discriminator"
+
+    def networks(self):
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def schedule(self):
+        after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
+        return [
+            Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic, after=after),
+            Step("generator", "generator", self.generator_step),
+        ]
+
+    def latent(self, n, generator=None):
+        dev = generator.device if generator is not None else next(self.parameters()).device
+        return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
+
+    def _noise(self, n: int) -> torch.Tensor:
+        return torch.randn(n, self.cfg.z_dim, device=next(self.generator.parameters()).device)
+
+    def discriminator_step(self, batch: Batch, ctx: StepContext):
+        real = batch.x
+        fake = self.generator(self._noise(len(batch))).detach()
+        d_real, d_fake = self.discriminator(real), self.discriminator(fake)
+        loss = self.loss.discriminator(d_real, d_fake)
+        logs = self.loss.diagnostics(d_real.detach().float(), d_fake.detach().float()) \
+            if hasattr(self.loss, "diagnostics") else _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
+        if self.cfg.gp_weight > 0:
+            gp = gradient_penalty(self.discriminator, interpolates(real, fake), ctx, self.cfg.gp_center)
+            loss = loss + self.cfg.gp_weight * gp
+            logs["gradient_penalty"] = gp.detach()
+        return loss, logs
+
+    def generator_step(self, batch: Batch, ctx: StepContext):
+        fake = self.generator(self._noise(len(batch)))
+        return self.loss.generator(self.discriminator(fake)), {}
+
+    @torch.no_grad()
+    def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
+        z = noise if noise is not None else self.latent(n, generator)
+        dev = next(self.generator.parameters()).device
+        return self.generator(z.to(dev)).float()
+
+
+def _diagnostics(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> dict:
+    """What the discriminator believes: D(x), D(G(z)) for probabilistic losses, the W estimate for critics."""
+    if loss == "wasserstein":
+        return {"wasserstein": d_real.mean() - d_fake.mean(), "critic_real": d_real.mean(),
+                "critic_fake": d_fake.mean()}
+    if loss in ("ns", "minimax"):
+        return {"D_x": torch.sigmoid(d_real).mean(), "D_G_z": torch.sigmoid(d_fake).mean()}
+    return {"D_x": d_real.mean(), "D_G_z": d_fake.mean()}
