@@ -1,0 +1,1 @@
+"""The model-agnostic training machinery: the loop, precision, checkpoints, logging."""

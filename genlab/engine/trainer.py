@@ -1,0 +1,265 @@
+"""The one training loop: it runs any Model's schedule of steps and knows nothing about the objective.
+
+One trainer step = one pass over model.schedule() (for GANs: one generator update), so
+trainer.max_steps counts what papers count. Everything else here is bookkeeping: optimizers,
+precision, logging, image grids, checkpoints, evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from genlab import __version__
+from genlab.engine import checkpoint as ckpt
+from genlab.engine.precision import Precision
+from genlab.errors import GenlabError
+
+log = logging.getLogger("genlab")
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda when available, else cpu; an unavailable cuda is a user error."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise GenlabError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
+        idx = torch.device(name).index or 0
+        if idx >= torch.cuda.device_count():
+            raise GenlabError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise GenlabError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
+    """An optimizer from optimizer._target_ and the keyword arguments that are set (not null)."""
+    from hydra.utils import get_class
+
+    kw = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items()
+          if k not in ("_target_", "per_network") and v is not None}
+    kw.update((opt_cfg.per_network or {}).get(network) or {})
+    if "betas" in kw:
+        kw["betas"] = tuple(kw["betas"])
+    try:
+        return get_class(opt_cfg._target_)(params, **kw)
+    except (TypeError, ValueError) as e:
+        raise GenlabError(f"optimizer {opt_cfg._target_} rejects its settings: {e}") from None
+
+
+@contextmanager
+def _side_effect_free(model: torch.nn.Module, device: torch.device):
+    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory."""
+    was_training = model.training
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
+
+
+class Trainer:
+    """Fits a Model to Data under a trainer config, writing everything into run_dir."""
+
+    def __init__(self, cfg, run_dir: Path, evaluator=None):
+        self.cfg = cfg
+        self.tcfg = cfg.trainer
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(self.tcfg.device)
+        self.precision = Precision(str(self.tcfg.precision), self.device)
+        self.step = 0
+        self.evaluator = evaluator
+        self.writer = None
+        self.meta: dict = {}
+
+    # ---- setup --------------------------------------------------------------------------------
+    def setup(self, model, data) -> None:
+        self.model = model.to(self.device)
+        self.data = data
+        self.schedule = model.schedule()
+        nets = model.networks()
+        self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
+        missing = {s.optimizer for s in self.schedule} - set(nets)
+        if missing:
+            raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
+        self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
+        g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
+        n = int(self.tcfg.num_fixed_samples)
+        z = model.latent(n, generator=g)
+        self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": int(self.cfg.seed) + 99}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "scalers": self.precision.state_dict(),
+            "step": self.step,
+            "data": self.data.state_dict(),
+            "rng": ckpt.rng_state(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "spec": {"kind": self.data.kind, "shape": list(self.data.shape),
+                     "num_classes": self.data.num_classes, "binarized": self.data.binarize is not None,
+                     "extent": self.data.extent, "class_names": self.data.class_names},
+            "genlab_version": __version__,
+            **self.meta,
+        }
+
+    def load_state_dict(self, state: dict, path) -> None:
+        ckpt.load_model_state(self.model, state["model"], path)
+        try:
+            for k, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+            self.precision.load_state_dict(state.get("scalers", {}))
+            self.data.load_state_dict(state["data"])
+            self.step = int(state["step"])
+            ckpt.set_rng_state(state["rng"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
+                              "resume with the same model, optimizer and dataset settings") from None
+
+    def save(self, name: str = "last") -> Path:
+        path = self.run_dir / "checkpoints" / f"{name}.pt"
+        ckpt.save(self.state_dict(), path)
+        return path
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
+        """Train until trainer.max_steps; returns the last logged scalars."""
+        self.setup(model, data)
+        if resume is not None:
+            self.load_state_dict(resume, resume_path)
+            log.info("resumed from %s at step %d", resume_path, self.step)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        if self.step == 0:
+            self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
+        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        t = self.tcfg
+        last: dict = {}
+        try:
+            last = self._loop(t)
+        except KeyboardInterrupt:
+            path = self.save()
+            log.warning("interrupted at step %d; checkpoint written to %s", self.step, path)
+            raise
+        finally:
+            self.writer.close()
+        return last
+
+    def _loop(self, t) -> dict:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
+                   desc="train", unit="step")
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, int] = {}
+        last: dict = {}
+        tick, tick_step = time.perf_counter(), self.step
+        if self.step == 0 and t.sample_every:
+            self.log_images()
+        while self.step < t.max_steps:
+            log_now = t.log_every and (self.step + 1) % t.log_every == 0
+            for s in self.schedule:
+                self._train_only(s.optimizer)
+                for _ in range(s.repeat):
+                    batch = self.data.next(t.batch_size)
+                    with self.precision.autocast():
+                        loss, logs = s.fn(batch, self.precision.context(self.step, s.optimizer))
+                    norm = self.precision.backward_and_step(
+                        loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
+                        t.grad_clip, need_norm=bool(log_now))
+                    if s.after is not None:
+                        s.after()
+                    logs = {"loss": loss, **logs}
+                    if norm is not None:
+                        logs["grad_norm"] = norm
+                    for k, v in logs.items():
+                        key = f"{s.name}/{k}"
+                        sums[key] = sums.get(key, 0.0) + v.detach().float()
+                        counts[key] = counts.get(key, 0) + 1
+            self.step += 1
+            bar.update(1)
+            if log_now:
+                now = time.perf_counter()
+                last = {k: (v / counts[k]).item() for k, v in sums.items()}
+                last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, self.step
+                sums, counts = {}, {}
+                self._check_finite(last)
+                self.log_scalars(last)
+                bar.set_postfix({k.split("/", 1)[-1] if k.endswith("loss") else k: f"{v:.3g}"
+                                 for k, v in last.items() if k.endswith("/loss")} | {"it/s": f"{last['perf/steps_per_sec']:.1f}"})
+            if t.sample_every and self.step % t.sample_every == 0:
+                self.log_images()
+            if t.eval_every and self.step % t.eval_every == 0:
+                self.run_eval()
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        if t.sample_every and self.step % t.sample_every != 0:
+            self.log_images()
+        if t.eval_every and self.step % t.eval_every != 0:
+            self.run_eval()
+        return last
+
+    def _train_only(self, key: str) -> None:
+        """Gradients only for the networks this step updates (the others are inputs, not targets)."""
+        for k, ps in self.params.items():
+            if k != key:
+                for p in ps:
+                    p.requires_grad_(False)
+        for p in self.params[key]:
+            p.requires_grad_(True)
+
+    def _check_finite(self, scalars: dict) -> None:
+        bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+        if bad:
+            raise GenlabError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training diverged. "
+                              "Lower optimizer.lr, use trainer.precision=32 or set trainer.grad_clip "
+                              "(the last good checkpoint is kept in checkpoints/)")
+
+    def log_scalars(self, scalars: dict) -> None:
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, self.step)
+        for k, o in self.optimizers.items():
+            self.writer.add_scalar(f"lr/{k}", o.param_groups[0]["lr"], self.step)
+
+    def log_images(self) -> None:
+        """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
+        from genlab import viz
+
+        with _side_effect_free(self.model, self.device):
+            fixed = dict(self.fixed)
+            fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
+            images = self.model.visuals(fixed, self.data)
+        for i, (name, img) in enumerate(images.items()):
+            self.writer.add_image(f"images/{name}", img, self.step)
+            if i == 0:
+                viz.save_png(img, self.run_dir / "samples" / f"step_{self.step:06d}.png")
+
+    def run_eval(self) -> dict:
+        """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
+        with _side_effect_free(self.model, self.device):
+            metrics = dict(self.model.evaluate(self.data))
+            if self.evaluator is not None:
+                metrics.update(self.evaluator(self.model, self.data, self.step))
+        for k, v in metrics.items():
+            self.writer.add_scalar(f"eval/{k}", v, self.step)
+        with open(self.run_dir / "eval_history.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+        if metrics:
+            log.info("step %d eval: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        return metrics
