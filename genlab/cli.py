@@ -1,0 +1,219 @@
+"""`genlab <command> [overrides]`: picks the command and hands the rest of argv to its Hydra app.
+
+Before Hydra starts, the overrides are checked once (every value of a sweep included): an unknown
+group option, a mistyped value or a semantic error ends with one line and exit status 2, before
+any run folder is made. `trainer.resume=RUN` first reloads the overrides the resumed run used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+from importlib import resources
+from pathlib import Path
+
+COMMANDS = {
+    "train": ("genlab.commands.train", "train a model:  genlab train model=wgan_gp dataset=mnist"),
+    "sample": ("genlab.commands.sample", "sample a run:   genlab sample run=outputs/DATE/TIME out=x.png"),
+}
+OPTIONAL_COMMANDS = {
+    "eval": ("genlab.commands.eval", "evaluate a run: genlab eval run=outputs/DATE/TIME"),
+    "featurenet": ("genlab.commands.featurenet", "train the feature network used by eval: genlab featurenet dataset=mnist"),
+}
+GROUPS = ("model", "dataset", "optimizer", "trainer", "experiment")
+# Hydra flags after which a run is not started: skip our checks and let Hydra answer.
+INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+              "--resolve", "--package", "-p"}
+VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--cfg", "-c",
+               "--package", "-p", "--info", "-i", "--experimental-rerun"}
+
+
+def commands() -> dict:
+    """The commands this installation has (eval/featurenet once their modules exist)."""
+    out = dict(COMMANDS)
+    for name, (mod, text) in OPTIONAL_COMMANDS.items():
+        if importlib.util.find_spec(mod) is not None:
+            out[name] = (mod, text)
+    return out
+
+
+def usage() -> str:
+    lines = ["usage: genlab <command> [key=value ...] [hydra flags]", "", "commands:"]
+    lines += [f"  {name:<11}{text}" for name, (_, text) in commands().items()]
+    lines += ["", "Each command is a Hydra app: `genlab train --help` lists its config groups,",
+              "`genlab train --cfg job` prints the composed config, `-m` sweeps (multirun)."]
+    return "\n".join(lines)
+
+
+def fail(msg: str) -> None:
+    print(f"genlab: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def group_options(group: str) -> list[str]:
+    """The YAML options of a config group shipped in genlab.configs."""
+    try:
+        d = resources.files("genlab.configs") / group
+        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def split_flags(args: list[str]) -> tuple[list[str], list[str], bool, bool]:
+    """(overrides, flags, multirun?, informational?) from a command's argv."""
+    overrides, flags, multirun, info = [], [], False, False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-"):
+            flags.append(a)
+            if a in ("-m", "--multirun"):
+                multirun = True
+            if a.split("=")[0] in INFO_FLAGS:
+                info = True
+            if a in VALUE_FLAGS and i + 1 < len(args) and not args[i + 1].startswith("-") and "=" not in args[i + 1]:
+                flags.append(args[i + 1])
+                i += 1
+        else:
+            overrides.append(a)
+        i += 1
+    return overrides, flags, multirun, info
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def expand_resume(overrides: list[str]) -> list[str]:
+    """Prepend the overrides of the run being resumed, so the same config is composed again."""
+    resume = [o for o in overrides if _key(o) == "trainer.resume"]
+    if not resume:
+        return overrides
+    value = resume[-1].split("=", 1)[1]
+    if value in ("", "null", "None"):
+        return overrides
+    from genlab.engine import checkpoint as ckpt
+    from genlab.errors import GenlabError
+
+    try:
+        state = ckpt.load(ckpt.resolve(value))
+    except GenlabError as e:
+        fail(str(e))
+    given = {_key(o) for o in overrides}
+    old = [o for o in state.get("overrides", []) if _key(o) not in given and not _key(o).startswith("hydra.")]
+    return old + overrides
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def describe(e: BaseException) -> str:
+    """One line from a Hydra/OmegaConf composition error and its cause."""
+    parts = [_first_line(e)]
+    cause = e.__cause__ or e.__context__
+    if cause is not None and _first_line(cause) not in parts[0]:
+        key = getattr(cause, "full_key", None)
+        parts.append(f"{key}: {_first_line(cause)}" if key else _first_line(cause))
+    return "; ".join(parts)
+
+
+def check_groups(overrides: list[str]) -> None:
+    for o in overrides:
+        key = _key(o)
+        if key not in GROUPS or "=" not in o:
+            continue
+        options = group_options(key)
+        value = o.split("=", 1)[1]
+        values = value.split(",") if "," in value and not value.startswith(("[", "{")) else [value]
+        for v in values:
+            v = v.strip()
+            if v in ("null", "") and key == "experiment":
+                continue
+            if v not in options:
+                fail(f"unknown {key} '{v}'; available: {', '.join(options)} (choose with {key}=NAME)")
+
+
+def combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """Override lists to check: each value of each sweep, the other sweeps at their first value."""
+    if not multirun:
+        return [overrides]
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as e:  # noqa: BLE001 - hydra's grammar errors
+        fail(f"cannot parse overrides: {describe(e)}")
+    choices = []
+    for text, o in zip(overrides, parsed):
+        if o.is_sweep_override():
+            key = text.split("=", 1)[0]
+            try:
+                vals = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            except Exception:  # noqa: BLE001 - e.g. interval sweeps have no finite list
+                vals = []
+            choices.append(vals or [None])
+        else:
+            choices.append([text])
+    combos = [[c[0] for c in choices]]
+    for i, c in enumerate(choices):
+        for v in c[1:]:
+            combo = [ch[0] for ch in choices]
+            combo[i] = v
+            combos.append(combo)
+    return [[x for x in combo if x is not None] for combo in combos]
+
+
+def precheck(command: str, overrides: list[str], multirun: bool) -> None:
+    """Compose the config for every sweep value and validate it; one line and exit 2 on failure."""
+    from hydra import compose, initialize_config_module
+
+    from genlab.config import register_configs, validate
+    from genlab.errors import GenlabError
+
+    check_groups(overrides)
+    register_configs()
+    for combo in combinations(overrides, multirun):
+        try:
+            with initialize_config_module("genlab.configs", version_base="1.3"):
+                cfg = compose(config_name=command, overrides=combo)
+        except Exception as e:  # noqa: BLE001 - Hydra raises several kinds
+            fail(f"invalid config: {describe(e)}")
+        if command == "train":
+            try:
+                validate(cfg)
+            except GenlabError as e:
+                fail(str(e))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `genlab` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmds = commands()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] in ("--version", "-V"):
+        from genlab import __version__
+
+        print(f"genlab {__version__}")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in cmds:
+        fail(f"unknown command '{name}'; commands: {', '.join(cmds)} (see genlab --help)")
+    overrides, flags, multirun, info = split_flags(rest)
+    if not info:
+        if name == "train":
+            overrides = expand_resume(overrides)
+        if name != "train" and not any(_key(o) == "run" for o in overrides):
+            fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
+        precheck(name, overrides, multirun)
+    module = importlib.import_module(cmds[name][0])
+    sys.argv = [f"genlab-{name}", *flags, *overrides]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Thin Hydra apps, one per CLI command."""

@@ -1,0 +1,77 @@
+"""genlab train: compose the config, build data and model, and hand them to the Trainer."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from genlab.commands.common import user_errors
+from genlab.config import register_configs
+
+log = logging.getLogger("genlab")
+register_configs()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) -> dict:
+    """Run one training job described by a composed train config; returns the last logged scalars."""
+    from genlab import data as data_lib
+    from genlab.config import model_class, validate
+    from genlab.engine import checkpoint as ckpt
+    from genlab.engine.trainer import Trainer, resolve_device
+
+    mcfg = validate(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    state, path = None, None
+    if cfg.trainer.resume:
+        path = ckpt.resolve(cfg.trainer.resume)
+        state = ckpt.load(path)
+    if cfg.trainer.deterministic:
+        torch.use_deterministic_algorithms(True)
+    seed_everything(int(cfg.seed))
+    device = resolve_device(cfg.trainer.device)
+    data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
+    model = model_class(cfg)(mcfg, data.spec)
+    trainer = Trainer(cfg, run_dir, evaluator=evaluator)
+    trainer.meta = {"overrides": _task_overrides()}
+    log.info("run folder: %s", run_dir.resolve())
+    log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s", mcfg.name, data.name,
+             "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device, cfg.trainer.precision)
+    last = trainer.fit(model, data, resume=state, resume_path=path)
+    log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
+    return last
+
+
+def _task_overrides() -> list[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not running under Hydra (tests, API use)
+        return []
+
+
+@hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        train(cfg)
+
+
+if __name__ == "__main__":
+    main()
