@@ -10,6 +10,7 @@ from typing import Any, Optional
 import torch
 
 from genlab import nets
+from genlab.engine.ema import EMA
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.losses import LOSSES, build_loss
 from genlab.models.penalties import clip_weights, gradient_penalty, interpolates
@@ -27,6 +28,8 @@ class GANConfig:
     gp_center: float = 1.0
     generator: NetConfig = field(default_factory=NetConfig)
     discriminator: NetConfig = field(default_factory=NetConfig)
+    # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
+    ema_decay: Optional[float] = None
 
 
 class GAN(Model):
@@ -47,6 +50,8 @@ class GAN(Model):
             return f"model.clip must be > 0 (or null for no clipping), got {cfg.clip}"
         if cfg.gp_weight < 0:
             return f"model.gp_weight must be >= 0, got {cfg.gp_weight}"
+        if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
+            return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
                                                nets.resolve_arch(cfg.discriminator.arch, spec.kind)):
             return conv_size_problem(spec.shape)
@@ -58,6 +63,21 @@ class GAN(Model):
         self.discriminator = nets.discriminator(cfg.discriminator, spec)
         self.loss = build_loss(cfg.loss, **cfg.loss_params)
         self.critic_name = "critic" if cfg.loss == "wasserstein" else "discriminator"
+        self.init_ema()
+
+    def init_ema(self) -> None:
+        """The EMA copy of the generator (call after self.generator exists); None when ema_decay is unset."""
+        self.generator_ema = EMA(self.generator, self.cfg.ema_decay) if self.cfg.ema_decay is not None else None
+
+    def update_ema(self) -> None:
+        """The generator Step's `after` hook."""
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator)
+
+    @property
+    def sampler(self) -> torch.nn.Module:
+        """The generator that samples: the EMA weights when model.ema_decay is set."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
 
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
@@ -66,7 +86,7 @@ class GAN(Model):
         after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
         return [
             Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic, after=after),
-            Step("generator", "generator", self.generator_step),
+            Step("generator", "generator", self.generator_step, after=self.update_ema),
         ]
 
     def latent(self, n, generator=None):
@@ -97,7 +117,7 @@ class GAN(Model):
     def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
         z = noise if noise is not None else self.latent(n, generator)
         dev = next(self.generator.parameters()).device
-        return self.generator(z.to(dev)).float()
+        return self.sampler(z.to(dev)).float()
 
 
 def _diagnostics(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> dict:
