@@ -1,0 +1,96 @@
+"""EBGAN (Zhao, Mathieu & LeCun 2017): the discriminator is an auto-encoder and its reconstruction
+error is the energy, D(x) = ||Dec(Enc(x)) - x||^2 (mean over coordinates). D pushes real energies down
+and fake energies up to the margin m (a hinge); G lowers the energies of its samples, optionally with
+the pulling-away term on the encoder's codes of a batch of fakes, which penalises codes pointing the
+same way and so discourages mode collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from genlab import nets
+from genlab.models.base import Batch, Model, StepContext
+from genlab.models.gan import GAN, GANConfig
+from genlab.models.losses import EBGAN as EBGANLoss
+from genlab.models.losses import pulling_away_term
+
+
+@dataclass
+class EBGANConfig(GANConfig):
+    name: str = "ebgan"
+    loss: str = "ebgan"
+    margin: float = 1.0  # m: fake energies above it stop pushing D
+    code_dim: int = 64  # the auto-encoder's bottleneck
+    pt_weight: float = 0.0  # the pulling-away term's weight (the paper's EBGAN-PT uses 0.1)
+
+
+class AutoEncoder(nn.Module):
+    """Enc: the discriminator family's body with a code head; Dec: the generator family from the code."""
+
+    def __init__(self, net_cfg, spec, code_dim: int):
+        super().__init__()
+        self.encoder = nets.discriminator(net_cfg, spec, out_dim=code_dim)
+        self.decoder = nets.generator(net_cfg, spec, code_dim)
+
+    def forward(self, x: torch.Tensor):
+        """(energies (N,), codes (N, code_dim))."""
+        code = self.encoder(x)
+        rec = self.decoder(code)
+        return (rec.float() - x.float()).pow(2).flatten(1).mean(1), code
+
+
+class EBGAN(GAN):
+    """G(z) against an auto-encoder discriminator whose reconstruction error is the energy."""
+
+    Config = EBGANConfig
+
+    @classmethod
+    def check(cls, cfg, spec):
+        if cfg.loss != "ebgan":
+            return f"EBGAN's loss is its margin hinge on energies: model.loss must be ebgan, got {cfg.loss}"
+        if cfg.margin <= 0 or cfg.code_dim < 1 or cfg.pt_weight < 0:
+            return "model.margin must be > 0, model.code_dim >= 1 and model.pt_weight >= 0"
+        return super().check(cfg, spec)
+
+    def __init__(self, cfg, spec):
+        Model.__init__(self, cfg, spec)
+        self.generator = nets.generator(cfg.generator, spec, cfg.z_dim)
+        self.discriminator = AutoEncoder(cfg.discriminator, spec, cfg.code_dim)
+        self.loss = EBGANLoss(cfg.margin)
+        self.critic_name = "discriminator"
+        self.init_ema()
+
+    def discriminator_step(self, batch: Batch, ctx: StepContext):
+        fake = self.generator(self._noise(len(batch))).detach()
+        e_real, _ = self.discriminator(batch.x)
+        e_fake, _ = self.discriminator(fake)
+        loss = self.loss.discriminator(e_real, e_fake)
+        return loss, {"energy_real": e_real.detach().mean(), "energy_fake": e_fake.detach().mean(),
+                      "fakes_below_margin": (e_fake.detach() < self.cfg.margin).float().mean()}
+
+    def generator_step(self, batch: Batch, ctx: StepContext):
+        fake = self.generator(self._noise(len(batch)))
+        e_fake, code = self.discriminator(fake)
+        loss = self.loss.generator(e_fake)
+        logs = {"energy": e_fake.detach().mean()}
+        if self.cfg.pt_weight > 0:
+            pt = pulling_away_term(code.float())
+            loss = loss + self.cfg.pt_weight * pt
+            logs["pulling_away"] = pt.detach()
+        return loss, logs
+
+    @torch.no_grad()
+    def visuals(self, fixed, data):
+        """Samples, and for images real test images (top) over the discriminator's reconstructions."""
+        from genlab import viz
+
+        out = super().visuals(fixed, data)
+        if data.kind == "image":
+            x = data.test_x[:10].to(next(self.parameters()).device)
+            code = self.discriminator.encoder(x)
+            out["reconstructions"] = viz.grid(torch.cat([x, self.discriminator.decoder(code)]), nrow=len(x))
+        return out
