@@ -51,6 +51,10 @@ class DatasetConfig:
     n_train: int = 100000
     n_test: int = 10000
     extra: dict[str, Any] = field(default_factory=dict)
+    # unpaired two-domain data (CycleGAN): each a dataset node, e.g. {name: fashion_mnist, classes: [7]}
+    # or {path: /data/horse2zebra/trainA}; keys not given are taken from this node
+    domain_a: Optional[dict[str, Any]] = None
+    domain_b: Optional[dict[str, Any]] = None
 
 
 @dataclass

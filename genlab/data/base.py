@@ -17,6 +17,7 @@ class Spec:
     shape: tuple  # (C, H, W) or (D,)
     num_classes: int | None = None
     binarized: bool = False  # image pixels are exactly -1 or 1
+    domains: int = 1  # 2 for unpaired two-domain data (batches: x from domain A, y from domain B)
 
 
 class Data:

@@ -1,0 +1,204 @@
+"""CycleGAN (Zhu, Park, Isola & Efros 2017): unpaired image-to-image translation.
+
+Two generators G: A -> B and F: B -> A (ResNet-block nets) and two PatchGAN discriminators D_A, D_B,
+trained with least-squares adversarial losses, the cycle-consistency loss
+lambda * (|F(G(a)) - a|_1 + |G(F(b)) - b|_1), and optionally the identity loss
+|G(b) - b|_1 + |F(a) - a|_1. The discriminators see fakes from a history pool of earlier generated
+images (Shrivastava et al. 2017), as in the paper. Batches: x from domain A, y from domain B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from genlab.engine.ema import EMA
+from genlab.models.base import Batch, Model, Step, StepContext
+from genlab.models.losses import LOSSES, build_loss
+from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
+from genlab.nets.spectral import apply_spectral_norm
+
+DIRECTIONS = ("a2b", "b2a")
+
+
+@dataclass
+class ResnetConfig:
+    base_channels: int = 64
+    n_blocks: int = 6
+    norm: str = "instance"
+
+
+@dataclass
+class PatchConfig:
+    base_channels: int = 64
+    n_layers: int = 3
+    norm: str = "instance"
+    spectral_norm: bool = False
+
+
+@dataclass
+class CycleGANConfig:
+    name: str = "cyclegan"
+    loss: str = "ls"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    # 2 x the table's 1/2 (D(G(x)) - 1)^2 gives the paper's (D(G(x)) - 1)^2 next to lambda = 10
+    adversarial_weight: float = 2.0
+    cycle_weight: float = 10.0  # lambda
+    identity_weight: float = 0.0  # the paper's photo<->painting runs use 0.5 * lambda
+    pool_size: int = 50  # history of generated images shown to D; 0 = only the newest
+    generator: ResnetConfig = field(default_factory=ResnetConfig)
+    discriminator: PatchConfig = field(default_factory=PatchConfig)
+    ema_decay: Optional[float] = None
+
+
+class ImagePool(nn.Module):
+    """A buffer of up to `size` earlier fakes; each query returns, per image, the new one or (p = 1/2,
+    once full) a stored one that the new image replaces. Buffers, so checkpoints carry the history."""
+
+    def __init__(self, size: int, shape):
+        super().__init__()
+        self.size = int(size)
+        self.register_buffer("images", torch.zeros(self.size, *shape))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return x.detach()
+        out = x.detach().clone()
+        for i in range(len(x)):
+            n = int(self.count)
+            if n < self.size:
+                self.images[n] = x[i]
+                self.count += 1
+            elif torch.rand(()) < 0.5:
+                j = int(torch.randint(self.size, ()))
+                out[i] = self.images[j].clone()
+                self.images[j] = x[i]
+        return out
+
+
+class CycleGAN(Model):
+    """G: A -> B, F: B -> A with D_B and D_A; adversarial + cycle (+ identity) losses."""
+
+    Config = CycleGANConfig
+
+    @classmethod
+    def check(cls, cfg, spec) -> str | None:
+        if spec.kind != "image" or getattr(spec, "domains", 1) != 2:
+            return ("model cyclegan needs two unpaired image domains: use dataset=unpaired_sneaker_sandal "
+                    "or dataset=unpaired_folders dataset.domain_a.path=DIR dataset.domain_b.path=DIR")
+        if cfg.loss not in LOSSES:
+            return f"model.loss={cfg.loss} is unknown; choose one of {', '.join(LOSSES)}"
+        if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
+            return "model.cycle_weight, identity_weight, adversarial_weight and pool_size must be >= 0"
+        if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
+            return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
+        c, h, w = spec.shape
+        if h != w or halvings(h) < 1:
+            return f"cyclegan needs square images of an even size, got {h}x{w}; set dataset.image_size"
+        if patch_output_size(h, 1) < 1:
+            return f"images of {h} px are too small for the PatchGAN discriminator; set dataset.image_size >= 8"
+        return None
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        c, size, _ = spec.shape
+        g, d = cfg.generator, cfg.discriminator
+        self.generator = nn.ModuleDict({k: ResnetGenerator(c, c, g.base_channels, g.n_blocks, g.norm, image_size=size)
+                                        for k in DIRECTIONS})
+        # discriminator["a"] = D_A judges domain A (real a vs F(b)); ["b"] = D_B (real b vs G(a)).
+        self.discriminator = nn.ModuleDict({k: PatchDiscriminator(c, d.base_channels, d.n_layers, d.norm, image_size=size)
+                                            for k in ("a", "b")})
+        if d.spectral_norm:
+            apply_spectral_norm(self.discriminator)
+        self.pools = nn.ModuleDict({k: ImagePool(cfg.pool_size, spec.shape) for k in ("a", "b")})
+        self.loss = build_loss(cfg.loss, **cfg.loss_params)
+        self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self._fakes: dict[str, torch.Tensor] = {}
+
+    def networks(self):
+        return {"generator": self.generator, "discriminator": self.discriminator}
+
+    def update_ema(self) -> None:
+        if self.generator_ema is not None:
+            self.generator_ema.update(self.generator)
+
+    def schedule(self):
+        # G first, as in the paper's code: D then sees the fakes G has just made (through the pool).
+        return [Step("generator", "generator", self.generator_step, after=self.update_ema),
+                Step("discriminator", "discriminator", self.discriminator_step)]
+
+    def generator_step(self, batch: Batch, ctx: StepContext):
+        a, b = batch.x, batch.y
+        G, F = self.generator["a2b"], self.generator["b2a"]
+        fake_b, fake_a = G(a), F(b)
+        adv_a2b = self.loss.generator(self.discriminator["b"](fake_b))
+        adv_b2a = self.loss.generator(self.discriminator["a"](fake_a))
+        cyc_a = (F(fake_b) - a).abs().mean()
+        cyc_b = (G(fake_a) - b).abs().mean()
+        loss = self.cfg.adversarial_weight * (adv_a2b + adv_b2a) + self.cfg.cycle_weight * (cyc_a + cyc_b)
+        logs = {"adversarial_a2b": adv_a2b.detach(), "adversarial_b2a": adv_b2a.detach(),
+                "cycle_a": cyc_a.detach(), "cycle_b": cyc_b.detach()}
+        if self.cfg.identity_weight > 0:
+            idt = (G(b) - b).abs().mean() + (F(a) - a).abs().mean()
+            loss = loss + self.cfg.identity_weight * idt
+            logs["identity"] = idt.detach()
+        self._fakes = {"a": fake_a.detach(), "b": fake_b.detach()}
+        return loss, logs
+
+    def discriminator_step(self, batch: Batch, ctx: StepContext):
+        if not self._fakes:  # only if a schedule ever runs D first
+            with torch.no_grad():
+                self._fakes = {"a": self.generator["b2a"](batch.y), "b": self.generator["a2b"](batch.x)}
+        real = {"a": batch.x, "b": batch.y}
+        loss, logs = 0.0, {}
+        for k in ("a", "b"):
+            fake = self.pools[k].query(self._fakes[k])
+            d_real, d_fake = self.discriminator[k](real[k]), self.discriminator[k](fake)
+            lk = self.loss.discriminator(d_real, d_fake)
+            loss = loss + lk
+            logs[f"D_{k}_loss"] = lk.detach()
+            logs[f"D_{k}_real"] = d_real.detach().float().mean()
+            logs[f"D_{k}_fake"] = d_fake.detach().float().mean()
+        self._fakes = {}
+        return loss, logs
+
+    # ---- translation --------------------------------------------------------------------------
+    def translator(self, direction: str) -> nn.Module:
+        """The generator for a2b or b2a (its EMA copy when model.ema_decay is set)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be a2b or b2a, got {direction!r}")
+        gens = self.generator_ema.shadow if self.generator_ema is not None else self.generator
+        return gens[direction]
+
+    @torch.no_grad()
+    def translate(self, x: torch.Tensor, direction: str = "a2b", batch_size: int = 64) -> torch.Tensor:
+        """Images in [-1, 1] (N, C, H, W) translated to the other domain."""
+        g = self.translator(direction)
+        dev = next(g.parameters()).device
+        return torch.cat([g(x[i:i + batch_size].to(dev)).float().cpu() for i in range(0, len(x), batch_size)])
+
+    @torch.no_grad()
+    def sample(self, n, *, generator=None, labels=None, noise=None, inputs=None, direction="a2b", **kwargs):
+        """Translations of `inputs` (CycleGAN has no noise to sample from)."""
+        if inputs is None:
+            raise ValueError("CycleGAN translates images: pass inputs= (genlab sample input=test or a folder)")
+        return self.translate(inputs[:n], direction)
+
+    @torch.no_grad()
+    def visuals(self, fixed, data):
+        """For each direction a grid with rows x, G(x), F(G(x)) on fixed test images."""
+        from genlab import viz
+
+        out = {}
+        k = min(8, fixed["n"])
+        for direction, src in (("a2b", "a"), ("b2a", "b")):
+            back = "b2a" if direction == "a2b" else "a2b"
+            x = data.split(src, "test")[:k]
+            y = self.translate(x, direction)
+            out[f"{direction}_cycle"] = viz.grid(torch.cat([x.cpu(), y, self.translate(y, back)]), nrow=len(x))
+        return out
