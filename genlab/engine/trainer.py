@@ -203,8 +203,8 @@ class Trainer:
                 sums, counts = {}, {}
                 self._check_finite(last)
                 self.log_scalars(last)
-                bar.set_postfix({k.split("/", 1)[-1] if k.endswith("loss") else k: f"{v:.3g}"
-                                 for k, v in last.items() if k.endswith("/loss")} | {"it/s": f"{last['perf/steps_per_sec']:.1f}"})
+                postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
+                bar.set_postfix(postfix, steps_per_s=f"{last['perf/steps_per_sec']:.1f}")
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
             if t.eval_every and self.step % t.eval_every == 0:
