@@ -52,6 +52,8 @@ class EBGAN(GAN):
     def check(cls, cfg, spec):
         if cfg.loss != "ebgan":
             return f"EBGAN's loss is its margin hinge on energies: model.loss must be ebgan, got {cfg.loss}"
+        if cfg.loss_params:
+            return "EBGAN's loss takes model.margin, not model.loss_params; leave loss_params empty"
         if cfg.margin <= 0 or cfg.code_dim < 1 or cfg.pt_weight < 0:
             return "model.margin must be > 0, model.code_dim >= 1 and model.pt_weight >= 0"
         return super().check(cfg, spec)
