@@ -42,10 +42,25 @@ def _build(cls_path: str, net_cfg, **given):
 def generator(net_cfg, spec, z_dim: int, **extra):
     """The generator/decoder named by net_cfg.arch mapping z_dim -> spec.shape."""
     arch = resolve_arch(net_cfg.arch, spec.kind)
+    if "norm" in net_cfg and net_cfg.norm == "auto":
+        extra.setdefault("norm", resolve_norm("auto", arch))
     return _build(ARCHS[arch][0], net_cfg, z_dim=z_dim, shape=tuple(spec.shape), **extra)
+
+
+def resolve_norm(norm: str, arch: str) -> str:
+    """`norm: auto` for a discriminator: batch norm in conv nets (the DCGAN rule), none in MLPs.
+
+    An MLP discriminator on points sees real and fake batches separately; batch norm would
+    standardise each and hide exactly what tells them apart (their spread and position).
+    """
+    if norm != "auto":
+        return norm
+    return "batch" if arch == "conv" else "none"
 
 
 def discriminator(net_cfg, spec, **extra):
     """The discriminator/critic/encoder named by net_cfg.arch reading spec.shape."""
     arch = resolve_arch(net_cfg.arch, spec.kind)
+    if "norm" in net_cfg and net_cfg.norm == "auto":
+        extra.setdefault("norm", resolve_norm("auto", arch))
     return _build(ARCHS[arch][1], net_cfg, shape=tuple(spec.shape), **extra)
