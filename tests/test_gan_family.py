@@ -490,3 +490,16 @@ def test_unpaired_domain_configs_take_shared_keys_and_pick_a_loader():
     a, b = domain_config(cfg, "domain_a"), domain_config(cfg, "domain_b")
     assert a._target_.endswith("torchvision_dataset") and list(a.classes) == [7] and a.image_size == 32
     assert b._target_.endswith("image_folder") and b.path == "/imgs" and b.root == "/r" and b.channels == 3
+
+
+def test_norm_auto_is_batch_norm_in_conv_discriminators_and_none_in_mlps():
+    from genlab import nets
+    from genlab.models.base import NetConfig
+
+    cfg = OmegaConf.structured(NetConfig(norm="auto", base_channels=8, hidden=8))
+    conv = nets.discriminator(cfg, IMAGES)
+    mlp = nets.discriminator(cfg, Spec("points", (2,), None))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in conv.modules())
+    assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for m in mlp.modules())
+    # The first conv layer stays unnormalised (the DCGAN rule), as with norm=batch.
+    assert isinstance(conv.body[1], nn.LeakyReLU)
