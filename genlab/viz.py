@@ -35,15 +35,15 @@ def _pixels(points: torch.Tensor, extent: float, size: int) -> tuple[torch.Tenso
 
 
 def scatter(fake: torch.Tensor, real: torch.Tensor | None = None, extent: float = 1.0, size: int = 256,
-            background: torch.Tensor | None = None, radius: int = 1) -> torch.Tensor:
-    """Generated points (red) over real points (grey) in the square [-extent, extent]^2."""
+            background: torch.Tensor | None = None, radius: int = 2) -> torch.Tensor:
+    """Generated points (red, (2*radius-1)^2 pixels) over real points (grey) in [-extent, extent]^2."""
     img = torch.ones(3, size, size) if background is None else background.clone()
-    for pts, color in ((real, (0.55, 0.55, 0.55)), (fake, (0.85, 0.1, 0.1))):
+    for pts, color, rad in ((real, (0.6, 0.6, 0.6), 1), (fake, (0.85, 0.1, 0.1), radius)):
         if pts is None:
             continue
         r, c = _pixels(pts, extent, size)
-        for dr in range(-radius + 1, radius):
-            for dc in range(-radius + 1, radius):
+        for dr in range(-rad + 1, rad):
+            for dc in range(-rad + 1, rad):
                 rr, cc = (r + dr).clamp(0, size - 1), (c + dc).clamp(0, size - 1)
                 for ch in range(3):
                     img[ch, rr, cc] = color[ch]

@@ -96,6 +96,8 @@ class Trainer:
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
+        if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
+            n = max(n, 2000)
         z = model.latent(n, generator=g)
         self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": int(self.cfg.seed) + 99}
 
