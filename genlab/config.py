@@ -37,6 +37,7 @@ class TrainerConfig:
     resume: Optional[str] = None
     progress: bool = True
     deterministic: bool = False
+    num_threads: Optional[int] = None
 
 
 @dataclass
@@ -143,6 +144,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(not t.best_metric or t.eval_every > 0,
            f"trainer.best_metric={t.best_metric} needs trainer.eval_every > 0 (evaluation makes the metric)")
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
+    _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():

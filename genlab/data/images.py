@@ -145,7 +145,8 @@ def _load_splits(name: str, cfg):
     if splits is None:
         raise GenlabError(
             f"dataset {name} not found (dataset.download=false); looked in "
-            f"{', '.join(str(p) for p in looked)}. Put the files there or set dataset.download=true")
+            f"{', '.join(str(p) for p in looked)}. Put the files there, point dataset.root (or GENLAB_DATA) at "
+            f"them, or set dataset.download=true")
     return splits
 
 

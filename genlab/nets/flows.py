@@ -391,7 +391,9 @@ class MultiScaleFlow(nn.Module):
                 if not last:
                     layers.append(Squeeze())
                     c, h, w = 4 * c, h // 2, w // 2
-                    layers += [AffineCoupling(c, "channel", i % 2, hidden, n_blocks, "tanh") for i in range(steps_per_scale)]
+                    layers += [
+                        AffineCoupling(c, "channel", i % 2, hidden, n_blocks, "tanh") for i in range(steps_per_scale)
+                    ]
             else:
                 layers.append(Squeeze())
                 c, h, w = 4 * c, h // 2, w // 2

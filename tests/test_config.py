@@ -1,0 +1,142 @@
+"""Config composition of every group option, type checks at compose time, semantic validation."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from genlab.cli import group_options
+from genlab.config import validate
+from genlab.errors import GenlabError
+from tests.conftest import compose, run_cli
+
+
+@pytest.mark.parametrize("group", ["model", "dataset", "optimizer", "trainer"])
+def test_every_group_option_composes(group):
+    options = group_options(group)
+    assert options, f"no options in configs/{group}"
+    for name in options:
+        cfg = compose([f"{group}={name}"])
+        assert cfg[group] is not None
+        OmegaConf.to_yaml(cfg, resolve=True)  # every interpolation resolves
+
+
+def test_defaults_and_paper_hyperparameters():
+    cfg = compose([])
+    assert cfg.model.name == "wgan_gp" and cfg.dataset.name == "mnist"
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.optimizer.lr == pytest.approx(1e-4) and list(cfg.optimizer.betas) == [0.0, 0.9]
+    assert cfg.model.gp_weight == 10.0 and cfg.model.n_critic == 5
+
+    wgan = compose(["model=wgan"])
+    assert wgan.optimizer._target_ == "torch.optim.RMSprop" and wgan.optimizer.lr == pytest.approx(5e-5)
+    assert wgan.model.clip == pytest.approx(0.01) and wgan.model.n_critic == 5
+
+    gan = compose(["model=gan"])
+    assert gan.optimizer.lr == pytest.approx(2e-4) and list(gan.optimizer.betas) == [0.5, 0.999]
+    # a command-line override beats the model's recipe
+    assert compose(["model=wgan", "optimizer.lr=1e-3"]).optimizer.lr == pytest.approx(1e-3)
+
+
+def test_trainer_types_are_checked_at_compose_time():
+    with pytest.raises(Exception, match="max_steps"):
+        compose(["trainer.max_steps=abc"])
+    with pytest.raises(Exception):
+        compose(["trainer.nosuch=1"])
+    assert compose(["trainer.precision=16"]).trainer.precision == "16"  # int coerced to the str field
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.n_critic=0"], "n_critic must be >= 1"),
+    (["optimizer.lr=0"], "optimizer.lr must be > 0"),
+    (["optimizer.lr=-1e-3"], "optimizer.lr must be > 0"),
+    (["trainer.batch_size=0"], "batch_size must be >= 1"),
+    (["trainer.precision=8"], "precision must be one of"),
+    (["trainer.device=tpu"], "trainer.device must be"),
+    (["dataset.image_size=30"], "image size 30 is not supported"),
+    (["model.loss=nosuch"], "model.loss=nosuch is unknown"),
+    (["+model.nosuch=1"], "nosuch"),
+    (["model.z_dim=abc"], "z_dim"),
+    (["model=realnvp", "model.n_scales=4"], "n_scales"),
+    (["model=vae", "model.decoder_dist=poisson"], "decoder_dist"),
+])
+def test_semantic_validation(overrides, message):
+    with pytest.raises(GenlabError, match=message):
+        validate(compose(overrides))
+
+
+def test_valid_configs_pass_validation():
+    for model in group_options("model"):
+        for dataset in ("grid25", "fashion_mnist"):
+            cfg = compose([f"model={model}", f"dataset={dataset}"])
+            if model in ("cgan", "acgan", "cyclegan") and dataset == "grid25":
+                continue
+            try:
+                validate(cfg)
+            except GenlabError as e:
+                if "needs" in str(e) or "labels" in str(e):  # a model that cannot use this data says so
+                    continue
+                raise
+
+
+def test_cli_unknown_model_lists_models(tmp_path):
+    r = run_cli(["train", "model=nosuch"], tmp_path)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert "unknown model 'nosuch'" in lines[0] and "wgan_gp" in lines[0] and "vae" in lines[0]
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "trainer.max_steps=abc"], "trainer.max_steps"),
+    (["train", "model.n_critic=0"], "n_critic must be >= 1"),
+    (["train", "dataset=nosuch"], "unknown dataset 'nosuch'"),
+    (["nosuch"], "unknown command 'nosuch'"),
+    (["sample"], "needs run="),
+    (["sample", "run=does/not/exist"], "no checkpoint at"),
+    (["train", "-m", "model=gan,nosuch"], "unknown model 'nosuch'"),
+    (["train", "-m", "seed=0,1", "model.n_critic=0,1"], "n_critic must be >= 1"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    r = run_cli(args, tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_help_lists_commands(tmp_path):
+    r = run_cli(["--help"], tmp_path)
+    assert r.returncode == 0
+    for cmd in ("train", "sample"):
+        assert f"  {cmd}" in r.stdout
+    r = run_cli(["train", "--cfg", "job", "model=gan", "dataset=grid25"], tmp_path)
+    assert r.returncode == 0 and "name: gan" in r.stdout and "name: grid25" in r.stdout
+
+
+@pytest.mark.parametrize("model", group_options("model"))
+def test_model_yaml_lists_every_option(model):
+    """Every field of the model's Config appears in its YAML, so `model.key=value` works without '+'."""
+    import dataclasses
+
+    from genlab.config import model_class
+
+    cfg = compose([f"model={model}"])
+    cls = model_class(cfg)
+
+    def missing(dc, node, prefix):
+        out = []
+        for f in dataclasses.fields(dc):
+            if f.name not in node:
+                out.append(prefix + f.name)
+            elif dataclasses.is_dataclass(f.type if not isinstance(f.type, str) else None):
+                out += missing(f.type, node[f.name], prefix + f.name + ".")
+        return out
+
+    top = missing(cls.Config, cfg.model, "model.")
+    nested = [f"model.{f.name}.{g.name}" for f in dataclasses.fields(cls.Config)
+              if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+              for g in dataclasses.fields(f.default_factory()) if f.name in cfg.model and g.name not in cfg.model[f.name]]
+    assert not top + nested, f"configs/model/{model}.yaml lacks {top + nested}"
