@@ -152,7 +152,7 @@ class Evaluator:
         if self.inception_weights:
             nets.append(fnet.InceptionNet(self.inception_weights, self.device))
         else:
-            self.skipped.append("Inception FID/IS: set metrics.inception_weights=PATH (a local "
+            self.skipped.append("Inception FID/IS: set eval.inception_weights=PATH (a local "
                                 "pt_inception-2015-12-05 file) to compute them")
         self._nets = nets
         return nets

@@ -210,10 +210,10 @@ class InceptionNet:
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
-            raise GenlabError("metrics.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
+            raise GenlabError("eval.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
         p = Path(os.path.expanduser(str(weights_path)))
         if not p.is_file():
-            raise GenlabError(f"metrics.inception_weights={p} does not exist; give the path of "
+            raise GenlabError(f"eval.inception_weights={p} does not exist; give the path of "
                               "pt_inception-2015-12-05-6726825d.pth or leave it null")
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(p)).to(device).eval()
