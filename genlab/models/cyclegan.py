@@ -186,7 +186,10 @@ class CycleGAN(Model):
     def sample(self, n, *, generator=None, labels=None, noise=None, inputs=None, direction="a2b", **kwargs):
         """Translations of `inputs` (CycleGAN has no noise to sample from)."""
         if inputs is None:
-            raise ValueError("CycleGAN translates images: pass inputs= (genlab sample input=test or a folder)")
+            from genlab.errors import GenlabError
+
+            raise GenlabError("cyclegan translates images rather than sampling them: use "
+                              "genlab sample run=DIR input=test|/folder direction=a2b|b2a")
         return self.translate(inputs[:n], direction)
 
     @torch.no_grad()
