@@ -66,6 +66,10 @@ class EBGAN(GAN):
         self.critic_name = "discriminator"
         self.init_ema()
 
+    def critic_values(self, x):
+        """D's energy (low = judged real) (for the toy heat-maps)."""
+        return self.discriminator(x)[0]
+
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake = self.generator(self._noise(len(batch))).detach()
         e_real, _ = self.discriminator(batch.x)

@@ -119,6 +119,10 @@ class GAN(Model):
         dev = next(self.generator.parameters()).device
         return self.sampler(z.to(dev)).float()
 
+    def critic_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The discriminator's scalar output per point, for the toy heat-maps (subclasses with heads pick theirs)."""
+        return self.discriminator(x)
+
     @torch.no_grad()
     def visuals(self, fixed, data):
         """For toy data, the samples over the real data with D's output over the plane (2-D) or the line
@@ -135,11 +139,11 @@ class GAN(Model):
         size = 256
         if data.shape[0] == 2:
             grid = viz.plane(data.extent, size, device=dev)
-            field = torch.cat([self.discriminator(g).float().reshape(-1) for g in grid.split(8192)])
+            field = torch.cat([self.critic_values(g).float().reshape(-1) for g in grid.split(8192)])
             bg = viz.heatmap(field.view(size, size).cpu())
             return {f"{self.critic_name}_field": viz.scatter(x, real, extent=data.extent, background=bg), **out}
         xs = torch.linspace(-data.extent, data.extent, size, device=dev).view(-1, 1)
-        d = self.discriminator(xs).float().reshape(-1).cpu()
+        d = self.critic_values(xs).float().reshape(-1).cpu()
         if self.cfg.loss in ("ns", "minimax"):
             # D(x) as a probability on a fixed [0, 1] axis, so saturation shows as flat 0 / 1 plateaus
             curve, rng = torch.sigmoid(d), (0.0, 1.0)

@@ -122,6 +122,10 @@ class InfoGAN(GAN):
         idx, cont = self.codes(n, device)
         return self.generator(self.encode(self._noise(n), idx, cont)), idx, cont
 
+    def critic_values(self, x):
+        """D's adversarial logit (for the toy heat-maps)."""
+        return self.discriminator(x)[0]
+
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake, idx, cont = self._fake(len(batch), batch.x.device)
         d_real, _ = self.discriminator(batch.x)
