@@ -503,3 +503,11 @@ def test_norm_auto_is_batch_norm_in_conv_discriminators_and_none_in_mlps():
     assert not any(isinstance(m, (nn.BatchNorm1d, nn.LayerNorm)) for m in mlp.modules())
     # The first conv layer stays unnormalised (the DCGAN rule), as with norm=batch.
     assert isinstance(conv.body[1], nn.LeakyReLU)
+
+
+def test_cgan_generator_takes_the_one_hot_label_by_default_or_a_learned_embedding():
+    small = {"base_channels": 8}
+    one_hot = ConditionalGAN(config(ConditionalGAN, generator=small, discriminator=small), IMAGES)
+    assert one_hot.generator.embed is None and one_hot.generator.net.in_dim == 64 + 10
+    learned = ConditionalGAN(config(ConditionalGAN, embed_dim=16, generator=small, discriminator=small), IMAGES)
+    assert isinstance(learned.generator.embed, nn.Embedding) and learned.generator.net.in_dim == 64 + 16

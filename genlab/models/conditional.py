@@ -29,7 +29,9 @@ D_CONDITIONING = ("projection", "concat", "none")
 @dataclass
 class ConditionalGANConfig(GANConfig):
     name: str = "cgan"
-    embed_dim: int = 32  # size of G's label embedding, concatenated to z
+    # 0 = the one-hot label concatenated to z; > 0 = a learned embedding of that size. A learned embedding
+    # let G lean on the label and ignore z (within-class collapse on Fashion-MNIST), so one-hot is the default.
+    embed_dim: int = 0
     d_conditioning: str = "projection"  # projection | concat | none
     # GAN-CLS: D also sees (real image, wrong label) as fake; L_D = real + (1 - w) fake + w wrong.
     wrong_label_weight: float = 0.5
@@ -46,15 +48,17 @@ class ACGANConfig(ConditionalGANConfig):
 
 
 class ConditionalGenerator(nn.Module):
-    """G(z, y) = net([z, embed(y)])."""
+    """G(z, y) = net([z, embed(y)]); embed_dim = 0 concatenates the one-hot label (Mirza & Osindero)."""
 
     def __init__(self, net_cfg, spec, z_dim: int, num_classes: int, embed_dim: int):
         super().__init__()
-        self.embed = nn.Embedding(num_classes, embed_dim)
-        self.net = nets.generator(net_cfg, spec, z_dim + embed_dim)
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if embed_dim > 0 else None
+        self.net = nets.generator(net_cfg, spec, z_dim + (embed_dim if embed_dim > 0 else num_classes))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([z, self.embed(y).to(z.dtype)], 1))
+        e = self.embed(y) if self.embed is not None else F.one_hot(y, self.num_classes)
+        return self.net(torch.cat([z, e.to(z.dtype)], 1))
 
 
 def one_hot_input(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -132,8 +136,8 @@ class ConditionalGAN(GAN):
             return "model.wrong_label_weight > 0 needs a label-aware discriminator (d_conditioning projection or concat)"
         if cfg.d_conditioning == "none" and not cfg.aux_classifier:
             return "model.d_conditioning=none without aux_classifier leaves D blind to the labels; set one of them"
-        if cfg.embed_dim < 1 or cfg.class_weight < 0:
-            return "model.embed_dim must be >= 1 and model.class_weight >= 0"
+        if cfg.embed_dim < 0 or cfg.class_weight < 0:
+            return "model.embed_dim must be >= 0 (0 = one-hot) and model.class_weight >= 0"
         return super().check(cfg, spec)
 
     def __init__(self, cfg, spec):
