@@ -427,6 +427,28 @@ def test_ebgan_energy_is_the_reconstruction_error_and_the_margin_stops_the_push(
     assert "model.loss must be ebgan" in EBGAN.check(config(EBGAN, loss="ns"), IMAGES)
 
 
+def test_ebgan_default_margin_is_inside_the_energy_scale_of_images():
+    # The margin is in per-pixel squared error for images in [-1, 1]. Above the error of a trivial
+    # auto-encoder (reconstruct every image as the data's mean image) every fake stays under the margin,
+    # the hinge never switches off and G does not learn (m = 1.0 did that on Fashion-MNIST: 0.35 there).
+    import gzip
+    from pathlib import Path
+
+    import numpy as np
+    from conftest import compose
+
+    margin = compose(["model=ebgan", "dataset=fashion_mnist"]).model.margin
+    path = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+    if not path.exists():
+        pytest.skip("offline Fashion-MNIST not present")
+    x = np.frombuffer(gzip.open(path).read()[16:], np.uint8).reshape(-1, 784)[:5000] / 127.5 - 1
+    trivial_energy = ((x - x.mean(0)) ** 2).mean()
+    assert margin < trivial_energy / 2
+    # The hinge is live at this scale: a fake with the trivial energy no longer pushes D.
+    loss = build_loss("ebgan", margin=margin)
+    assert loss.discriminator(torch.zeros(4), torch.full((4,), float(trivial_energy))).item() == 0.0
+
+
 # ---------------------------------------------------------------------------------------------------
 # Generator EMA
 
