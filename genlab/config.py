@@ -33,6 +33,7 @@ class TrainerConfig:
     resume: Optional[str] = None
     progress: bool = True
     deterministic: bool = False
+    num_threads: Optional[int] = None
 
 
 @dataclass
@@ -135,6 +136,7 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"trainer.device must be auto, cpu, cuda or cuda:N; got {t.device}")
     for k in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
         _check(t[k] >= 0, f"trainer.{k} must be >= 0 (0 turns it off), got {t[k]}")
+    _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.utils import make_grid
 
 
 def grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Tensor:
@@ -16,8 +15,15 @@ def grid(x: torch.Tensor, nrow: int | None = None, padding: int = 2) -> torch.Te
     x = x.detach().float().cpu().clamp(-1, 1).add(1).div(2)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    nrow = nrow or max(1, int(math.ceil(math.sqrt(len(x)))))
-    return make_grid(x, nrow=nrow, padding=padding, pad_value=1.0)
+    n, _, h, w = x.shape
+    nrow = min(nrow or max(1, int(math.ceil(math.sqrt(n)))), max(n, 1))
+    rows = int(math.ceil(n / nrow))
+    out = torch.ones(3, rows * (h + padding) + padding, nrow * (w + padding) + padding)
+    for i in range(n):  # torchvision's make_grid layout, without importing torchvision (seconds)
+        r, c = divmod(i, nrow)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        out[:, top:top + h, left:left + w] = x[i]
+    return out
 
 
 def _pixels(points: torch.Tensor, extent: float, size: int) -> tuple[torch.Tensor, torch.Tensor]:

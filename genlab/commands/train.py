@@ -44,6 +44,8 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
         state = ckpt.load(path)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(int(cfg.trainer.num_threads))
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))

@@ -186,21 +186,25 @@ class Trainer:
                     if norm is not None:
                         logs["grad_norm"] = norm
                     for k, v in logs.items():
+                        # Non-finite values are left out of the average (with fp16 they mark steps the
+                        # GradScaler skipped); a window with no finite value at all is divergence.
                         key = f"{s.name}/{k}"
-                        sums[key] = sums.get(key, 0.0) + v.detach().float()
-                        counts[key] = counts.get(key, 0) + 1
+                        v = v.detach().float()
+                        ok = torch.isfinite(v)
+                        sums[key] = sums.get(key, 0.0) + torch.where(ok, v, 0.0)
+                        counts[key] = counts.get(key, 0) + ok.float()
             self.step += 1
             bar.update(1)
             if log_now:
                 now = time.perf_counter()
-                last = {k: (v / counts[k]).item() for k, v in sums.items()}
+                last = {k: (v / counts[k]).item() for k, v in sums.items()}  # 0/0 = nan: never finite
                 last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
                 sums, counts = {}, {}
                 self._check_finite(last)
                 self.log_scalars(last)
-                bar.set_postfix({k.split("/", 1)[-1] if k.endswith("loss") else k: f"{v:.3g}"
-                                 for k, v in last.items() if k.endswith("/loss")} | {"it/s": f"{last['perf/steps_per_sec']:.1f}"})
+                postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
+                bar.set_postfix(postfix, steps_per_s=f"{last['perf/steps_per_sec']:.1f}")
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
             if t.eval_every and self.step % t.eval_every == 0:
@@ -225,6 +229,17 @@ class Trainer:
             p.requires_grad_(True)
 
     def _check_finite(self, scalars: dict) -> None:
+        if self.precision.mode == "16":
+            # With loss scaling, non-finite steps are skipped and the scale backs off: the first
+            # steps of a run are often skipped. Divergence is the scale collapsing.
+            for k, sc in self.precision.scalers.items():
+                scalars[f"perf/loss_scale/{k}"] = sc.get_scale()
+            low = {k: v for k, v in scalars.items() if k.startswith("perf/loss_scale/") and v < 2.0 ** -24}
+            if low:
+                raise GenlabError(f"fp16 loss scale fell to {min(low.values()):.3g} by step {self.step}: the "
+                                  "gradients are not finite even unscaled. Use trainer.precision=bf16 or 32, "
+                                  "or lower optimizer.lr")
+            return
         bad = [k for k, v in scalars.items() if not math.isfinite(v)]
         if bad:
             raise GenlabError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training diverged. "
