@@ -49,7 +49,7 @@ def parse():
     p.add_argument("--test-images", type=int, default=1000, help="test images evaluated (default 1000)")
     p.add_argument("--k", type=int, default=1000, help="importance samples for the VAE test NLL (default 1000)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small nets)")
     p.add_argument("--out", default="outputs/bench_likelihood")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args()
@@ -75,7 +75,7 @@ def run_one(name, args, out: Path) -> dict:
 
     overrides, published = MODELS[name]
     base = [f"dataset={args.dataset}", "trainer.device=cpu", "trainer.progress=false", f"seed={args.seed}",
-            f"trainer.batch_size={args.batch_size}", "trainer.sample_every=0", "trainer.checkpoint_every=0",
+            f"trainer.batch_size={args.batch_size}", f"trainer.num_threads={args.threads}", "trainer.sample_every=0", "trainer.checkpoint_every=0",
             f"model.eval_limit={args.test_images}", *overrides]
     if args.root:
         base.append(f"dataset.root={args.root}")
