@@ -52,6 +52,7 @@ def parse():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for these small nets)")
     p.add_argument("--out", default="outputs/bench_likelihood")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--table", default=None, help="only print the table of a results.json")
     return p.parse_args()
 
 
@@ -106,11 +107,14 @@ def table(rows, args) -> str:
              "| model | data | decoder / protocol | steps | test NLL (nats) | bits/dim | -ELBO (nats) | published, for context |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if "vae" in r["model"]:
-            proto = f"{r['decoder']}, IS k={r['eval_k']}"
+        if "eval_k" in r:  # the VAE family
+            proto = f"{r['decoder']} decoder, importance-sampled k={r['eval_k']}"
             elbo = f"{r['test_neg_elbo_nats']:.1f}"
+        elif "n_bits" in r:  # flows
+            proto = f"uniform-dequantisation bound, {r['n_bits']}-bit"
+            elbo = ""
         else:
-            proto = f"exact, {r.get('n_bits', 8)}-bit" + (", uniform dequant." if "n_bits" in r else "")
+            proto = "exact"
             elbo = ""
         data = "binarised (dynamic; test binarised once)" if r["binarize"] != "none" else "8-bit"
         lines.append(f"| {r['model']} | {data} | {proto} | {r['steps']} | {r['test_nll_nats']:.1f} | "
@@ -120,6 +124,9 @@ def table(rows, args) -> str:
 
 def main():
     args = parse()
+    if args.table:  # re-print a finished benchmark's table
+        print(table(json.loads(Path(args.table).read_text()), args))
+        return
     import torch
 
     torch.set_num_threads(args.threads)
