@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     if not info:
         if name == "train":
             overrides = expand_resume(overrides)
-        if name != "train" and not any(_key(o) == "run" for o in overrides):
+        if name in ("sample", "eval") and not any(_key(o) == "run" for o in overrides):
             fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
         precheck(name, overrides, multirun)
     module = importlib.import_module(cmds[name][0])

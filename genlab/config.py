@@ -29,6 +29,10 @@ class TrainerConfig:
     sample_every: int = 500
     checkpoint_every: int = 1000
     eval_every: int = 0
+    eval_samples: int = 1000
+    eval_metrics: Optional[list[str]] = None
+    best_metric: Optional[str] = None
+    best_mode: str = "min"
     num_fixed_samples: int = 64
     resume: Optional[str] = None
     progress: bool = True
@@ -136,6 +140,10 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"trainer.device must be auto, cpu, cuda or cuda:N; got {t.device}")
     for k in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
         _check(t[k] >= 0, f"trainer.{k} must be >= 0 (0 turns it off), got {t[k]}")
+    _check(t.best_mode in ("min", "max"), f"trainer.best_mode must be min or max, got {t.best_mode}")
+    _check(not t.best_metric or t.eval_every > 0,
+           f"trainer.best_metric={t.best_metric} needs trainer.eval_every > 0 (evaluation makes the metric)")
+    _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")

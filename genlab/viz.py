@@ -35,18 +35,60 @@ def _pixels(points: torch.Tensor, extent: float, size: int) -> tuple[torch.Tenso
 
 
 def scatter(fake: torch.Tensor, real: torch.Tensor | None = None, extent: float = 1.0, size: int = 256,
-            background: torch.Tensor | None = None, radius: int = 1) -> torch.Tensor:
-    """Generated points (red) over real points (grey) in the square [-extent, extent]^2."""
+            background: torch.Tensor | None = None, radius: int = 2) -> torch.Tensor:
+    """Generated points (red, (2*radius-1)^2 pixels) over real points (grey) in [-extent, extent]^2.
+
+    1-D points are drawn as histograms over [-extent, extent] instead (see `plot1d`)."""
+    if fake.dim() == 2 and fake.shape[1] == 1:
+        return plot1d(fake, real, extent=extent, size=size)
     img = torch.ones(3, size, size) if background is None else background.clone()
-    for pts, color in ((real, (0.55, 0.55, 0.55)), (fake, (0.85, 0.1, 0.1))):
+    for pts, color, rad in ((real, (0.6, 0.6, 0.6), 1), (fake, (0.85, 0.1, 0.1), radius)):
         if pts is None:
             continue
         r, c = _pixels(pts, extent, size)
-        for dr in range(-radius + 1, radius):
-            for dc in range(-radius + 1, radius):
+        for dr in range(-rad + 1, rad):
+            for dc in range(-rad + 1, rad):
                 rr, cc = (r + dr).clamp(0, size - 1), (c + dc).clamp(0, size - 1)
                 for ch in range(3):
                     img[ch, rr, cc] = color[ch]
+    return img
+
+
+def _histogram(x: torch.Tensor, extent: float, bins: int) -> torch.Tensor:
+    h = torch.histc(x.detach().float().cpu().reshape(-1), bins=bins, min=-extent, max=extent)
+    return h / h.max().clamp_min(1)
+
+
+def plot1d(fake: torch.Tensor, real: torch.Tensor | None = None, curve: torch.Tensor | None = None,
+           extent: float = 1.0, size: int = 256, curve_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Histograms of 1-D real (grey) and generated (red) points over [-extent, extent], with an optional
+    curve (black, `size` values over the same x grid, e.g. D(x)) drawn in `curve_range` (default: its own)."""
+    h = w = size
+    img = torch.ones(3, h, w)
+    grey, red = torch.tensor([0.7, 0.7, 0.7]), torch.tensor([0.9, 0.3, 0.3])
+    for pts, color, alpha in ((real, grey, 1.0), (fake, red, 0.6)):
+        if pts is None:
+            continue
+        heights = (_histogram(pts, extent, w) * (h * 0.8)).round().long()
+        rows = torch.arange(h).view(h, 1)
+        mask = rows >= (h - heights).view(1, w)  # bars grow from the bottom
+        for ch in range(3):
+            img[ch][mask] = img[ch][mask] * (1 - alpha) + color[ch] * alpha
+    if curve is not None:
+        c = curve.detach().float().cpu().reshape(-1)
+        lo, hi = curve_range if curve_range is not None else (float(c.min()), float(c.max()))
+        t = ((c - lo) / max(hi - lo, 1e-12)).clamp(0, 1)
+        r = ((1 - t) * (h - 1) * 0.9 + h * 0.05).round().long()
+        cols = torch.linspace(0, w - 1, len(c)).round().long()
+        for i in range(len(c)):  # vertical segments join consecutive values into a line
+            a, b = (int(r[i]), int(r[i + 1])) if i + 1 < len(c) else (int(r[i]), int(r[i]))
+            lo_r, hi_r = min(a, b), max(a, b)
+            for dc in (0, 1):
+                img[:, max(lo_r - 1, 0):hi_r + 2, min(int(cols[i]) + dc, w - 1)] = 0.0
+    # the x axis at 0
+    zero = int(round((0 + extent) / (2 * extent) * (w - 1)))
+    if 0 <= zero < w:
+        img[:, h - 6:h, zero] = 0.3
     return img
 
 

@@ -15,7 +15,14 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests use tiny tensors: an intra-op thread pool costs far more than it saves, worst on a busy machine.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    """Every test starts from the same global RNG state."""
+    torch.manual_seed(0)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -22,16 +22,6 @@ from genlab.nets.flows import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny tensors: a contended intra-op thread pool costs far more than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def perturb(module, std=0.1):
     """Move every parameter off its (often zero / identity) initial value, in float64."""
     module.double()

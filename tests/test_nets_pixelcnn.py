@@ -19,16 +19,6 @@ from genlab.nets.pixelcnn import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _seed_and_one_thread():
-    # Tiny tensors: a contended intra-op thread pool costs far more than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
-
-
 def dependencies(f, x, out_index):
     """Boolean (C, H, W): which input entries the outputs f(x)[n, out_index] depend on, for any example n."""
     x = x.clone().requires_grad_(True)

@@ -50,6 +50,8 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     model = model_class(cfg)(mcfg, data.spec)
+    if evaluator is None and cfg.trainer.eval_every:
+        evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator)
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
@@ -58,6 +60,17 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
     last = trainer.fit(model, data, resume=state, resume_path=path)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     return last
+
+
+def default_evaluator(cfg: DictConfig, data):
+    """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
+    from genlab.metrics import featurenet as fnet
+    from genlab.metrics.evaluator import Evaluator
+
+    fd = fnet.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
+    metrics = list(cfg.trainer.eval_metrics) if cfg.trainer.eval_metrics else None
+    return Evaluator(data, metrics=metrics, num_samples=int(cfg.trainer.eval_samples), seed=int(cfg.seed),
+                     featurenet_data=fd)
 
 
 def _task_overrides() -> list[str]:

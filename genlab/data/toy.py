@@ -38,3 +38,22 @@ def mixture(cfg, seed: int = 0) -> Data:
 
 
 mixture.spec = lambda cfg: Spec("points", (2,), None)
+
+
+# toy1d: the real data is N(TOY1D_MEAN, TOY1D_STD^2), far from where a freshly initialised generator
+# puts its mass (near 0), so the two distributions do not overlap at the start of training.
+TOY1D_MEAN, TOY1D_STD, TOY1D_EXTENT = 3.0, 0.2, 5.0
+
+
+def toy1d(cfg, seed: int = 0) -> Data:
+    """1-D points (N, 1) from N(3, 0.2^2): the setting where a saturating discriminator stops teaching."""
+    mean = float(cfg.extra.get("mean", TOY1D_MEAN)) if cfg.extra else TOY1D_MEAN
+    std = float(cfg.extra.get("std", TOY1D_STD)) if cfg.extra else TOY1D_STD
+    g = torch.Generator().manual_seed(10_000 + seed)
+    xtr = (mean + std * torch.randn(cfg.n_train, 1, generator=g, dtype=torch.float64)).float()
+    xte = (mean + std * torch.randn(cfg.n_test, 1, generator=g, dtype=torch.float64)).float()
+    return Data("toy1d", "points", xtr, None, xte, None, num_classes=None, seed=seed,
+                centers=torch.tensor([[mean]]), std=std, extent=max(TOY1D_EXTENT, abs(mean) + 2))
+
+
+toy1d.spec = lambda cfg: Spec("points", (1,), None)

@@ -82,6 +82,7 @@ class Trainer:
         self.evaluator = evaluator
         self.writer = None
         self.meta: dict = {}
+        self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
@@ -96,6 +97,8 @@ class Trainer:
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
+        if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
+            n = max(n, 2000)
         z = model.latent(n, generator=g)
         self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": int(self.cfg.seed) + 99}
 
@@ -112,6 +115,7 @@ class Trainer:
                      "num_classes": self.data.num_classes, "binarized": self.data.binarize is not None,
                      "extent": self.data.extent, "class_names": self.data.class_names},
             "genlab_version": __version__,
+            "best": self.best,
             **self.meta,
         }
 
@@ -123,6 +127,7 @@ class Trainer:
             self.precision.load_state_dict(state.get("scalers", {}))
             self.data.load_state_dict(state["data"])
             self.step = int(state["step"])
+            self.best = state.get("best")
             ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
@@ -281,4 +286,28 @@ class Trainer:
         if metrics:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        self.keep_best(metrics)
         return metrics
+
+    def keep_best(self, metrics: dict) -> bool:
+        """Write checkpoints/best.pt when trainer.best_metric improved (min or max per best_mode).
+
+        The name matches a scalar exactly or up to a bracketed qualifier: `fid` matches `fid[lenet-mnist]`.
+        """
+        name = self.tcfg.get("best_metric")
+        if not name:
+            return False
+        keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
+        if not keys:
+            log.warning("trainer.best_metric=%s is not among the evaluated metrics (%s)", name, ", ".join(metrics))
+            return False
+        value = float(metrics[keys[0]])
+        if not math.isfinite(value):
+            return False
+        lower = str(self.tcfg.get("best_mode", "min")) == "min"
+        if self.best is not None and not (value < self.best["value"] if lower else value > self.best["value"]):
+            return False
+        self.best = {"metric": keys[0], "value": value, "step": self.step}
+        self.save("best")
+        log.info("best %s=%.4g at step %d: checkpoints/best.pt", keys[0], value, self.step)
+        return True

@@ -99,6 +99,34 @@ class GAN(Model):
         dev = next(self.generator.parameters()).device
         return self.generator(z.to(dev)).float()
 
+    @torch.no_grad()
+    def visuals(self, fixed, data):
+        """For toy data, the samples over the real data with D's output over the plane (2-D) or the line
+        (1-D): where the discriminator/critic still has a slope, the generator gets a gradient."""
+        out = super().visuals(fixed, data)
+        if data.kind != "points" or data.shape[0] not in (1, 2):
+            return out
+        from genlab import viz
+
+        x = self.sample(fixed["n"], noise=fixed.get("noise"), labels=fixed.get("labels"),
+                        generator=fixed.get("generator")).cpu()
+        real = data.test_x[:2000].cpu()
+        dev = next(self.discriminator.parameters()).device
+        size = 256
+        if data.shape[0] == 2:
+            grid = viz.plane(data.extent, size, device=dev)
+            field = torch.cat([self.discriminator(g).float().reshape(-1) for g in grid.split(8192)])
+            bg = viz.heatmap(field.view(size, size).cpu())
+            return {f"{self.critic_name}_field": viz.scatter(x, real, extent=data.extent, background=bg), **out}
+        xs = torch.linspace(-data.extent, data.extent, size, device=dev).view(-1, 1)
+        d = self.discriminator(xs).float().reshape(-1).cpu()
+        if self.cfg.loss in ("ns", "minimax"):
+            # D(x) as a probability on a fixed [0, 1] axis, so saturation shows as flat 0 / 1 plateaus
+            curve, rng = torch.sigmoid(d), (0.0, 1.0)
+        else:
+            curve, rng = d, None
+        return {f"{self.critic_name}_curve": viz.plot1d(x, real, curve, extent=data.extent, curve_range=rng), **out}
+
 
 def _diagnostics(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> dict:
     """What the discriminator believes: D(x), D(G(z)) for probabilistic losses, the W estimate for critics."""

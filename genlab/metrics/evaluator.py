@@ -1,0 +1,312 @@
+"""Sample-based evaluation of a model against its dataset, shared by `genlab eval` and the trainer.
+
+Metric groups (choose with `metrics=[...]`; default: all that apply):
+  fid, kid, prdc   on feature-network features (images) or on the points themselves (toy data)
+  is, classes      on the feature network's softmax (labelled image datasets)
+  cond_acc         class accuracy of class-conditional samples (conditional models)
+  modes            PacGAN/VEEGAN mode metrics (toy mixtures with known centres)
+  memorization     nearest training neighbours of samples (pixels / coordinates)
+  nll              the model's own held-out likelihood (likelihood models)
+
+Samples are always compared with the *reference* split (train by default); the real-data floor is
+the same computation with held-out real data (the other split) in place of the samples, at the same
+sample count where the split is large enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from genlab import metrics as M
+from genlab.errors import GenlabError
+
+log = logging.getLogger("genlab")
+
+GROUPS = ("fid", "kid", "prdc", "is", "classes", "cond_acc", "modes", "memorization", "nll")
+# The trainer's periodic evaluation skips the k-NN groups by default: they cost more than the rest.
+CHEAP_GROUPS = ("fid", "kid", "is", "classes", "cond_acc", "modes", "nll")
+
+LOWER = ("fid", "kid", "class_kl", "reverse_kl", "nll", "bits_per_dim", "neg_elbo", "kl")
+HIGHER = ("is", "precision", "recall", "density", "coverage", "classes_covered", "cond_acc", "modes",
+          "high_quality")
+NOT_A_SCORE = ("_std", "sample_nn_mean", "test_nn_mean", "num_")
+
+
+def base_name(key: str) -> str:
+    """fid[lenet-mnist] -> fid."""
+    return key.split("[", 1)[0]
+
+
+def better(key: str) -> str:
+    """'lower', 'higher', '~1' or '' for a metric key (used by the table and by best.pt)."""
+    b = base_name(key)
+    if any(s in b for s in NOT_A_SCORE):
+        return ""
+    if b == "nn_ratio":
+        return "~1"
+    if b == "closer_than_test_median":
+        return "~0.5"
+    if any(b == s or b.endswith(s) for s in LOWER):
+        return "lower"
+    if b in HIGHER:
+        return "higher"
+    return ""
+
+
+@dataclass
+class Entry:
+    """One metric value with the counts it was computed from."""
+
+    value: float
+    num_samples: int
+    num_reference: int | None = None
+    feature_network: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class PointFeatures:
+    """For toy data the features are the points themselves."""
+
+    name = id = "points"
+    test_accuracy = None
+
+    def embed(self, x: torch.Tensor, batch_size: int = 0):
+        return x.reshape(len(x), -1).float().cpu(), None
+
+
+class Evaluator:
+    """Evaluate models on a Data: `evaluate(model)`, `floor()`, and `__call__` as the trainer's hook."""
+
+    def __init__(self, data, *, metrics=None, num_samples: int | None = None, seed: int = 0,
+                 split: str = "train", featurenet: dict | None = None, inception_weights: str | None = None,
+                 device=None, memorization_samples: int = 1000, prdc_max: int = 5000, prdc_k: int = 5,
+                 kid_subsets: int = 100, kid_subset_size: int = 1000, batch_size: int = 500,
+                 featurenet_data=None):
+        if split not in ("train", "test"):
+            raise GenlabError(f"split must be train or test (the reference the samples are compared with), got {split}")
+        self.data = data
+        self.points = data.kind == "points"
+        self.num_samples = int(num_samples or (2500 if self.points else 10000))
+        if self.num_samples < 2:
+            raise GenlabError(f"num_samples must be >= 2, got {self.num_samples}")
+        self.requested = list(metrics) if metrics else None
+        if self.requested:
+            unknown = [m for m in self.requested if m not in GROUPS]
+            if unknown:
+                raise GenlabError(f"unknown metric {unknown[0]}; choose from {', '.join(GROUPS)}")
+        self.seed = int(seed)
+        self.split = split
+        self.heldout = "test" if split == "train" else "train"
+        self.fn_cfg = dict(featurenet or {})
+        self.inception_weights = inception_weights
+        self.device = torch.device(device) if device is not None else data.device
+        self.memorization_samples = int(memorization_samples)
+        self.prdc_max, self.prdc_k = int(prdc_max), int(prdc_k)
+        self.kid_subsets, self.kid_subset_size = int(kid_subsets), int(kid_subset_size)
+        self.batch_size = int(batch_size)
+        self.featurenet_data = featurenet_data
+        self.skipped: list[str] = []
+        self._nets = None
+        self._ref: dict = {}
+        self._heldout_cache: dict = {}
+
+    # ---- what applies -------------------------------------------------------------------------
+    def groups(self, model=None) -> list[str]:
+        """The metric groups that apply to this data (and model), in the requested order."""
+        ok = ["fid", "kid", "prdc", "memorization"]
+        labelled = not self.points and self.data.num_classes is not None
+        if labelled:
+            ok += ["is", "classes"]
+            if model is not None and getattr(model, "conditional", False):
+                ok.append("cond_acc")
+        if self.points and "centers" in self.data.info:
+            ok.append("modes")
+        if model is not None and getattr(model, "family", "") == "likelihood":
+            ok.append("nll")
+        wanted = self.requested or list(GROUPS)
+        return [g for g in wanted if g in ok]
+
+    # ---- feature networks ---------------------------------------------------------------------
+    def nets(self) -> list:
+        """The feature extractors: the points themselves, or the domain classifier (+ Inception)."""
+        if self._nets is not None:
+            return self._nets
+        if self.points:
+            self._nets = [PointFeatures()]
+            return self._nets
+        from genlab.metrics import featurenet as fnet
+
+        nets = []
+        if self.data.num_classes is not None and self.data.train_y is not None:
+            fd = self.featurenet_data or self.data
+            cfg = dict(self.fn_cfg)
+            cache = cfg.pop("cache_dir", None)
+            recipe = fnet.recipe_for(fd, **cfg)
+            nets.append(fnet.load_or_train(fd, recipe, cache, self.device))
+        else:
+            self.skipped.append("feature-network metrics: the dataset has no labels to train a classifier on")
+        if self.inception_weights:
+            nets.append(fnet.InceptionNet(self.inception_weights, self.device))
+        else:
+            self.skipped.append("Inception FID/IS: set eval.inception_weights=PATH (a local "
+                                "pt_inception-2015-12-05 file) to compute them")
+        self._nets = nets
+        return nets
+
+    def _split_x(self, split: str) -> torch.Tensor:
+        return self.data.train_x if split == "train" else self.data.test_x
+
+    def _split_y(self, split: str):
+        return self.data.train_y if split == "train" else self.data.test_y
+
+    def reference(self, net) -> dict:
+        """Reference-split features of one network: all of them (FID), a fixed subset (PRDC)."""
+        if net.id not in self._ref:
+            x = self._split_x(self.split)
+            feats, _ = self._embed(net, x)
+            g = torch.Generator().manual_seed(self.seed + 7)
+            perm = torch.randperm(len(feats), generator=g)
+            self._ref[net.id] = {"feats": feats, "stats": M.feature_stats(feats), "perm": perm}
+        return self._ref[net.id]
+
+    def _embed(self, net, x: torch.Tensor):
+        out_f, out_p = [], []
+        for i in range(0, len(x), 5000):
+            f, p = net.embed(x[i:i + 5000])
+            out_f.append(f)
+            if p is not None:
+                out_p.append(p)
+        return torch.cat(out_f), (torch.cat(out_p) if out_p else None)
+
+    # ---- sampling -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def samples(self, model, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n samples (CPU, float32) and, for a conditional model, the labels they were asked for."""
+        n = n or self.num_samples
+        dev = next(model.parameters()).device
+        g = torch.Generator(dev).manual_seed(self.seed)
+        labels = None
+        if getattr(model, "conditional", False) and self.data.num_classes:
+            labels = torch.arange(n) % int(self.data.num_classes)
+        out = []
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            for i in range(0, n, self.batch_size):
+                m = min(self.batch_size, n - i)
+                kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
+                out.append(model.sample(m, generator=g, **kw).float().cpu())
+        return torch.cat(out), labels
+
+    # ---- scoring one set ----------------------------------------------------------------------
+    def score(self, x: torch.Tensor, groups: list[str], target_labels=None) -> dict[str, Entry]:
+        """Every metric of `groups` for the set x (samples, or held-out real data for the floor)."""
+        n = len(x)
+        out: dict[str, Entry] = {}
+        for net in self.nets() if any(g in groups for g in ("fid", "kid", "prdc", "is", "classes", "cond_acc")) else []:
+            tag = f"[{net.name}]"
+            ref = self.reference(net)
+            feats, probs = self._embed(net, x)
+            nref = len(ref["feats"])
+            if "fid" in groups:
+                fid = M.fid_from_stats(*M.feature_stats(feats), *ref["stats"])
+                out["fid" + tag] = Entry(fid, n, nref, net.id)
+            if "kid" in groups:
+                k = M.kid(feats, ref["feats"], subsets=self.kid_subsets, subset_size=self.kid_subset_size,
+                          generator=torch.Generator().manual_seed(self.seed))
+                m = min(self.kid_subset_size, n, nref)
+                for key in ("kid", "kid_std"):
+                    out[key + tag] = Entry(k[key], n, nref, net.id, {"subsets": self.kid_subsets, "subset_size": m})
+            if "prdc" in groups:
+                m = min(n, self.prdc_max, nref)
+                if m > self.prdc_k:
+                    real = ref["feats"][ref["perm"][:m]]
+                    r = M.prdc(real, feats[:m], k=self.prdc_k)
+                    for key, v in r.items():
+                        out[key + tag] = Entry(v, m, m, net.id, {"k": self.prdc_k})
+            if probs is not None and "is" in groups:
+                s = M.inception_score(probs, splits=min(10, n))
+                for key in ("is", "is_std"):
+                    out[key + tag] = Entry(s[key], n, None, net.id, {"splits": min(10, n)})
+            if probs is not None and "classes" in groups and self.data.num_classes:
+                c = M.class_coverage(probs[:, : int(self.data.num_classes)], int(self.data.num_classes))
+                out["classes_covered" + tag] = Entry(c["classes_covered"], n, None, net.id,
+                                                     {"num_classes": c["num_classes"]})
+                out["class_kl" + tag] = Entry(c["class_kl"], n, None, net.id)
+            if probs is not None and "cond_acc" in groups and target_labels is not None:
+                out["cond_acc" + tag] = Entry(M.conditional_accuracy(probs, target_labels), n, None, net.id)
+        if "modes" in groups:
+            r = M.mode_metrics(x, self.data.info["centers"], float(self.data.info["std"]))
+            out["modes"] = Entry(r["modes"], n, None, None, {"num_modes": r["num_modes"]})
+            out["high_quality"] = Entry(r["high_quality"], n)
+            out["reverse_kl"] = Entry(r["reverse_kl"], n)
+        if "memorization" in groups:
+            m = min(n, self.memorization_samples)
+            train, test = self.data.train_x.cpu(), self.data.test_x.cpu()
+            mt = min(m, len(test))
+            r = M.memorization_ratio(x[:m], train, test[:mt])
+            for key in ("nn_ratio", "closer_than_test_median"):
+                out[key] = Entry(r[key], m, len(train), "pixels" if not self.points else "points",
+                                 {"num_test": mt})
+        return out
+
+    # ---- the two sides of the table -----------------------------------------------------------
+    def evaluate(self, model, groups: list[str] | None = None) -> tuple[dict[str, Entry], torch.Tensor]:
+        """Metrics of the model's samples (and its own held-out likelihood); returns (entries, samples)."""
+        groups = groups or self.groups(model)
+        x, labels = self.samples(model)
+        out = self.score(x, groups, labels)
+        if "nll" in groups:
+            res = model.evaluate(self.data)
+            # Likelihood models also return their protocol (binarisation, decoder, k): keep it with the numbers.
+            protocol = {k: v for k, v in res.items() if isinstance(v, str)}
+            n = int(res.get("eval_images", len(self.data.raw("test"))))
+            for k, v in res.items():
+                if k not in protocol:
+                    out[k] = Entry(float(v), n, None, None, {"split": "test", **protocol})
+        return out, x
+
+    def floor(self, groups: list[str]) -> dict[str, Entry]:
+        """The same metrics for real held-out data (the other split) at the same sample count."""
+        held = self._split_x(self.heldout)
+        n = min(self.num_samples, len(held))
+        g = torch.Generator().manual_seed(self.seed + 3)
+        idx = torch.randperm(len(held), generator=g)[:n].to(held.device)
+        x = held[idx].float().cpu()
+        y = self._split_y(self.heldout)
+        out = self.score(x, [g_ for g_ in groups if g_ not in ("nll", "memorization")],
+                         y[idx].cpu() if y is not None else None)
+        if "memorization" in groups and self.heldout == "test":
+            # Held-out points are fresh data: by construction about 1 and 0.5; computed, not assumed.
+            m = min(n // 2, self.memorization_samples)
+            if m >= 2:
+                r = M.memorization_ratio(x[:m], self.data.train_x.cpu(), x[m:2 * m])
+                for key in ("nn_ratio", "closer_than_test_median"):
+                    out[key] = Entry(r[key], m, len(self.data.train_x))
+        return out
+
+    def nearest_grid(self, x: torch.Tensor, n: int = 24, per_row: int = 8) -> torch.Tensor | None:
+        """Image grid: rows of samples, each followed by a row of their nearest training images."""
+        if self.points:
+            return None
+        from genlab import viz
+
+        n = min(n, len(x))
+        _, idx = M.nearest_neighbours(x[:n], self.data.train_x.cpu())
+        nn_imgs = self.data.train_x.cpu()[idx]
+        rows = []
+        for i in range(0, n, per_row):
+            rows += [x[i:i + per_row], nn_imgs[i:i + per_row]]
+        return viz.grid(torch.cat(rows), nrow=per_row)
+
+    # ---- the trainer's hook -------------------------------------------------------------------
+    def __call__(self, model, data, step: int) -> dict[str, float]:
+        """Scalars for the trainer's periodic evaluation (no likelihood: the trainer asks the model)."""
+        groups = [g for g in self.groups(model) if g != "nll"]
+        if self.requested is None:
+            groups = [g for g in groups if g in CHEAP_GROUPS]
+        entries, _ = self.evaluate(model, groups)
+        return {k: float(e.value) for k, e in entries.items() if math.isfinite(float(e.value))}
