@@ -125,3 +125,14 @@ def test_realnvp_with_actnorm_keeps_improving_over_300_steps(mnist_root, tmp_pat
     assert len(bpd) == 6
     assert all(b <= a + 0.02 for a, b in zip(bpd, bpd[1:])), bpd
     assert bpd[-1] < bpd[0] - 0.1, bpd
+
+
+def test_genlab_eval_reports_a_vae_nll_with_its_protocol(tmp_path):
+    run = tmp_path / "vae"
+    train(compose([*TINY, "model=vae", "dataset=grid25", "dataset.n_train=500", "dataset.n_test=200",
+                   "model.encoder.hidden=16", "model.decoder.hidden=16", "model.eval_k=10", "model.eval_limit=50"]),
+          run)
+    r = run_cli(["eval", f"run={run}", "num_samples=200", f"out={tmp_path / 'eval.json'}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = (tmp_path / "eval.json").read_text()
+    assert "test_nll_nats" in text and "gaussian" in text  # the number and its protocol (decoder)
