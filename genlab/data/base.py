@@ -46,9 +46,14 @@ class Data:
         self._gen = torch.Generator().manual_seed(seed)
         self._perm: torch.Tensor | None = None
         self._pos = 0
-        if binarize == "static":
+        if binarize not in (None, "static", "dynamic"):
+            raise ValueError(f"binarize must be None, 'static' or 'dynamic', got {binarize!r}")
+        if binarize is not None:
             g = torch.Generator().manual_seed(seed + 1)
-            self._train_x = _bernoulli_u8(self._train_x, g)
+            if binarize == "static":
+                self._train_x = _bernoulli_u8(self._train_x, g)
+            # The test split is binarised once with a fixed seed in both modes, so a held-out
+            # likelihood is measured on the same binary images every time (the IWAE paper's protocol).
             self._test_x = _bernoulli_u8(self._test_x, g)
 
     # ---- shapes -------------------------------------------------------------------------------

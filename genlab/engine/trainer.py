@@ -277,11 +277,15 @@ class Trainer:
             if self.evaluator is not None:
                 metrics.update(self.evaluator(self.model, self.data, self.step))
         for k, v in metrics.items():
-            self.writer.add_scalar(f"eval/{k}", v, self.step)
+            # Non-numeric entries (e.g. a likelihood's protocol: binarisation, sample counts) go to the
+            # history and the log only.
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(f"eval/{k}", v, self.step)
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, **metrics}) + "\n")
         if metrics:
-            log.info("step %d eval: %s", self.step, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            log.info("step %d eval: %s", self.step, ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
         return metrics
 

@@ -260,8 +260,13 @@ class Evaluator:
         x, labels = self.samples(model)
         out = self.score(x, groups, labels)
         if "nll" in groups:
-            for k, v in model.evaluate(self.data).items():
-                out[k] = Entry(float(v), len(self.data.raw("test")), None, None, {"split": "test"})
+            res = model.evaluate(self.data)
+            # Likelihood models also return their protocol (binarisation, decoder, k): keep it with the numbers.
+            protocol = {k: v for k, v in res.items() if isinstance(v, str)}
+            n = int(res.get("eval_images", len(self.data.raw("test"))))
+            for k, v in res.items():
+                if k not in protocol:
+                    out[k] = Entry(float(v), n, None, None, {"split": "test", **protocol})
         return out, x
 
     def floor(self, groups: list[str]) -> dict[str, Entry]:

@@ -25,6 +25,7 @@ class FlowConfig:
     steps_per_scale: int = 3
     hidden: int = 64
     n_blocks: int = 2
+    norm: str = "actnorm"  # realnvp: actnorm | none between couplings (glow always has ActNorm)
     n_layers: int = 8  # couplings of the vector flow (points)
     n_bits: int = 8
     logit: bool = True
@@ -45,6 +46,12 @@ class Flow(Model):
             return f"model.kind must be realnvp or glow, got {cfg.kind}"
         if not 1 <= cfg.n_bits <= 8:
             return f"model.n_bits must be in 1..8, got {cfg.n_bits}"
+        if cfg.norm not in ("actnorm", "none"):
+            return f"model.norm must be actnorm or none, got {cfg.norm}"
+        if cfg.temperature < 0:
+            return f"model.temperature must be >= 0, got {cfg.temperature}"
+        if cfg.eval_limit < 1:
+            return f"model.eval_limit must be >= 1, got {cfg.eval_limit}"
         if not 0 < cfg.logit_alpha < 0.5:
             return f"model.logit_alpha must be in (0, 0.5), got {cfg.logit_alpha}"
         if spec.kind == "image":
@@ -57,7 +64,7 @@ class Flow(Model):
         self.num_dims = math.prod(spec.shape)
         if spec.kind == "image":
             self.flow = F.MultiScaleFlow(tuple(spec.shape), cfg.n_scales, cfg.steps_per_scale, cfg.kind,
-                                         cfg.hidden, cfg.n_blocks)
+                                         cfg.hidden, cfg.n_blocks, norm=cfg.norm if cfg.kind == "realnvp" else "none")
         else:
             self.flow = F.VectorFlow(self.num_dims, cfg.n_layers, cfg.hidden, cfg.n_blocks)
 
@@ -100,8 +107,11 @@ class Flow(Model):
         nll = -total / n
         out = {"test_nll_nats": nll}
         if self.spec.kind == "image":
+            # Nats of the n_bits-level data: the dequantised density's bound plus D * n_bits * log 2.
             out["test_nll_nats"] = nll + self.num_dims * self.cfg.n_bits * math.log(2)
             out["test_bits_per_dim"] = out["test_nll_nats"] / (self.num_dims * math.log(2))
+            out.update({"binarize": getattr(data, "binarize", None) or "none", "n_bits": self.cfg.n_bits,
+                        "dequantization": "uniform", "eval_images": n})
         return out
 
     # ---- sampling -----------------------------------------------------------------------------
@@ -116,6 +126,17 @@ class Flow(Model):
             return z0.float()
         y = F.inverse_logit_transform(z0, self.cfg.logit_alpha) if self.cfg.logit else z0 + 0.5
         return (y * 2 - 1).clamp(-1, 1).float()
+
+    @torch.no_grad()
+    def visuals(self, fixed, data):
+        from genlab import viz
+
+        out = super().visuals(fixed, data)
+        if data.kind == "image" and self.cfg.temperature != 0.7:
+            # Lower temperatures trade diversity for cleaner samples (Glow, section 5).
+            x = self.sample(fixed["n"], noise=fixed.get("noise"), generator=fixed.get("generator"), temperature=0.7)
+            out["samples_t0.7"] = viz.grid(x, nrow=fixed.get("nrow"))
+        return out
 
     def latent(self, n, generator=None):
         dev = generator.device if generator is not None else next(self.parameters()).device

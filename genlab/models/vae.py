@@ -1,10 +1,22 @@
-"""The variational auto-encoder (Kingma & Welling 2014): Gaussian encoder q(z|x) with log-variance,
-reparameterised samples, and a Bernoulli or Gaussian decoder p(x|z). The loss is the negative ELBO
-in nats per example, its reconstruction and KL terms logged separately.
+"""The variational auto-encoder family (Kingma & Welling 2014; beta-VAE, Higgins et al. 2017; IWAE,
+Burda et al. 2016): a Gaussian encoder q(z|x) that predicts a log-variance, reparameterised samples,
+and a decoder p(x|z) that is a proper likelihood of the data it is given:
+
+- bernoulli: binarised images (dataset.binarize=static|dynamic), exact log P(x|z);
+- logistic: 8-bit images, a discretised logistic per sub-pixel over the 256 levels, exact log P(x|z);
+- gaussian: points (a density), or 8-bit images, where the density of uniformly dequantised pixels
+  plus D*log(bin width) bounds the discrete log-likelihood (as for the flows).
+
+So every number is in nats of the data the run was trained on, and 8-bit numbers are comparable with
+RealNVP, Glow and PixelCNN in bits/dim. Training minimises -ELBO (reconstruction + beta * KL, with
+KL warm-up and free bits) or, with iwae_k > 1, the IWAE bound. The test NLL is an importance-sampled
+estimate with eval_k samples from q (log-mean-exp of the weights), an upper bound on the true NLL in
+expectation that tightens as eval_k grows; the ELBO is reported next to it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Optional
@@ -15,18 +27,32 @@ from torch import nn
 
 from genlab import nets
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
+from genlab.nets.pixelcnn import discretized_mix_logistic_log_prob
+
+_LOG_2PI = math.log(2 * math.pi)
+_BIN = 1.0 / 127.5  # width of one of the 256 levels of an 8-bit image in [-1, 1]
 
 
 @dataclass
 class VAEConfig:
     name: str = "vae"
     z_dim: int = 16
-    decoder_dist: str = "auto"  # auto (bernoulli for images, gaussian for points) | bernoulli | gaussian
+    # auto: bernoulli for binarised images, logistic for 8-bit images, gaussian for points
+    decoder_dist: str = "auto"
     # Gaussian decoder: fixed std if set, else a learned per-dimension log-std
     gaussian_std: Optional[float] = None
-    kl_weight: float = 1.0
+    kl_weight: float = 1.0  # beta; beta-VAE uses > 1
+    kl_warmup_steps: int = 0  # beta ramps linearly from 0 to kl_weight over these steps
+    free_bits: float = 0.0  # nats per latent dimension below which the KL is not penalised
+    iwae_k: int = 1  # importance samples in the training objective (1 = the ELBO)
+    eval_k: int = 1000  # importance samples for the test NLL estimate
+    eval_limit: int = 1000  # test examples used by evaluate()
+    eval_chunk: int = 4096  # decoder evaluations per forward pass during evaluation
     encoder: NetConfig = field(default_factory=NetConfig)
     decoder: NetConfig = field(default_factory=NetConfig)
+
+
+DISTS = ("auto", "bernoulli", "logistic", "gaussian")
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -34,107 +60,272 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
 
 
+def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL per example and latent dimension, (N, z_dim)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def log_normal(z: torch.Tensor, mu=None, logvar=None) -> torch.Tensor:
+    """log N(z; mu, exp(logvar)) summed over the last dimension (standard normal when mu is None)."""
+    if mu is None:
+        return -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
+    return -0.5 * ((z - mu).pow(2) * (-logvar).exp() + logvar + _LOG_2PI).sum(-1)
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """Likelihood arithmetic in at least float32 (autocast may hand us half precision)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def resolve_decoder_dist(dist: str, spec) -> str:
+    """The decoder distribution `auto` stands for on this data."""
+    if dist != "auto":
+        return dist
+    if spec.kind != "image":
+        return "gaussian"
+    return "bernoulli" if spec.binarized else "logistic"
+
+
 class VAE(Model):
-    """x -> q(z|x) -> z -> p(x|z); loss = -ELBO = reconstruction NLL + kl_weight * KL."""
+    """x -> q(z|x) -> z -> p(x|z); loss = reconstruction NLL + beta * KL, or the IWAE bound."""
 
     Config = VAEConfig
     family = "likelihood"
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
-        if cfg.decoder_dist not in ("auto", "bernoulli", "gaussian"):
-            return f"model.decoder_dist must be auto, bernoulli or gaussian, got {cfg.decoder_dist}"
-        if cfg.decoder_dist == "bernoulli" and spec.kind == "points":
-            return "model.decoder_dist=bernoulli needs image data; use model.decoder_dist=gaussian for points"
+        if cfg.decoder_dist not in DISTS:
+            return f"model.decoder_dist must be one of {', '.join(DISTS)}, got {cfg.decoder_dist}"
+        dist = resolve_decoder_dist(cfg.decoder_dist, spec)
+        if dist in ("bernoulli", "logistic") and spec.kind == "points":
+            return f"model.decoder_dist={dist} needs image data; use model.decoder_dist=gaussian for points"
+        if dist == "bernoulli" and not spec.binarized:
+            return ("model.decoder_dist=bernoulli is not a likelihood of grey-level images; set "
+                    "dataset.binarize=dynamic (or static), or use model.decoder_dist=logistic")
         if cfg.z_dim < 1 or cfg.kl_weight < 0:
             return "model.z_dim must be >= 1 and model.kl_weight >= 0"
         if cfg.gaussian_std is not None and cfg.gaussian_std <= 0:
             return f"model.gaussian_std must be > 0, got {cfg.gaussian_std}"
-        if spec.kind == "image":
+        if cfg.iwae_k < 1 or cfg.eval_k < 1 or cfg.eval_limit < 1 or cfg.eval_chunk < 1:
+            return "model.iwae_k, model.eval_k, model.eval_limit and model.eval_chunk must be >= 1"
+        if cfg.kl_warmup_steps < 0 or cfg.free_bits < 0:
+            return "model.kl_warmup_steps and model.free_bits must be >= 0"
+        if cfg.free_bits > 0 and cfg.iwae_k > 1:
+            return "model.free_bits applies to the ELBO only; use it with model.iwae_k=1"
+        if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.encoder.arch, spec.kind),
+                                               nets.resolve_arch(cfg.decoder.arch, spec.kind)):
             return conv_size_problem(spec.shape)
         return None
 
     def __init__(self, cfg, spec):
-        if cfg.decoder_dist == "auto":
-            cfg.decoder_dist = "bernoulli" if spec.kind == "image" else "gaussian"
+        cfg.decoder_dist = resolve_decoder_dist(cfg.decoder_dist, spec)
         super().__init__(cfg, spec)
-        self.encoder = nets.discriminator(cfg.encoder, spec, out_dim=2 * cfg.z_dim)
-        self.decoder = nets.generator(cfg.decoder, spec, cfg.z_dim, out_activation="none")
+        self.dist = cfg.decoder_dist
         self.num_dims = math.prod(spec.shape)
-        if cfg.decoder_dist == "gaussian" and cfg.gaussian_std is None:
+        self.encoder = nets.discriminator(cfg.encoder, spec, out_dim=2 * cfg.z_dim)
+        out_spec = spec
+        if self.dist == "logistic":  # a mean and a log-scale per sub-pixel
+            out_spec = dataclasses.replace(spec, shape=(2 * spec.shape[0], *spec.shape[1:]))
+        self.decoder = nets.generator(cfg.decoder, out_spec, cfg.z_dim, out_activation="none")
+        if self.dist == "gaussian" and cfg.gaussian_std is None:
             self.log_std = nn.Parameter(torch.zeros(*spec.shape))
 
     def networks(self):
         return {"vae": self}
 
     def schedule(self):
-        return [Step("vae", "vae", self.elbo_step)]
+        return [Step("vae", "vae", self.train_step)]
 
     def latent(self, n, generator=None):
         dev = generator.device if generator is not None else next(self.parameters()).device
         return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
 
+    # ---- the likelihood -----------------------------------------------------------------------
+    @property
+    def dequantized(self) -> bool:
+        """Whether inputs are uniformly dequantised first: a density model of 8-bit images."""
+        return self.dist == "gaussian" and self.spec.kind == "image"
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input: x itself, or x plus uniform noise inside its 8-bit bin (Gaussian on images)."""
+        if not self.dequantized:
+            return x
+        levels = torch.round((x.clamp(-1, 1) + 1) * 127.5)
+        return (levels + torch.rand_like(levels)) * _BIN - 1
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) as (mu, logvar)."""
-        h = self.encoder(x).float()
+        h = _full(self.encoder(x))
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     def log_px_z(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(x|z) per example in nats (a density for the Gaussian decoder: constants included)."""
-        out = out.float().flatten(1)
-        x = x.float().flatten(1)
-        if self.cfg.decoder_dist == "bernoulli":
-            target = (x + 1) / 2  # pixels in [0, 1]; exactly {0, 1} when the data is binarised
-            return -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(1)
+        """log p(x|z) per example in nats: an exact probability (bernoulli, logistic) or, for the
+        Gaussian, a density (points) or a density times the bin volume (dequantised images)."""
+        out, x = _full(out), _full(x)
+        if self.dist == "bernoulli":
+            target = (x.flatten(1) + 1) / 2  # exactly {0, 1} on binarised data
+            return -F.binary_cross_entropy_with_logits(out.flatten(1), target, reduction="none").sum(1)
+        if self.dist == "logistic":
+            c = x.shape[1]
+            mean, log_scale = out[:, :c], out[:, c:]
+            # One mixture component with a zero logit and zero channel coefficients: independent
+            # discretised logistics per sub-pixel (PixelCNN++'s likelihood, bins at the 8-bit levels).
+            zeros = torch.zeros_like(mean[:, :1])
+            coeffs = torch.zeros_like(mean[:, :1]).expand(-1, c * (c - 1) // 2, -1, -1)
+            params = torch.cat([zeros, mean, log_scale, coeffs], 1)
+            return discretized_mix_logistic_log_prob(x, params)
+        out, x = out.flatten(1), x.flatten(1)
         log_std = (torch.full_like(out, math.log(self.cfg.gaussian_std)) if self.cfg.gaussian_std is not None
-                   else self.log_std.flatten().float().expand_as(out))
-        return (-0.5 * ((x - out) / log_std.exp()).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(1)
+                   else self.log_std.flatten().to(out.dtype).expand_as(out))
+        lp = (-0.5 * ((x - out) / log_std.exp()).pow(2) - log_std - 0.5 * _LOG_2PI).sum(1)
+        return lp + self.num_dims * math.log(_BIN) if self.dequantized else lp
+
+    def kl_weight(self, step: int) -> float:
+        """beta at this global step: linear warm-up from 0 to kl_weight over kl_warmup_steps."""
+        w = self.cfg.kl_weight
+        if self.cfg.kl_warmup_steps > 0:
+            w *= min(1.0, step / self.cfg.kl_warmup_steps)
+        return w
 
     def elbo_terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-example reconstruction log-likelihood and KL for one reparameterised sample."""
+        """Per-example reconstruction log-likelihood and KL (per dimension too) for one sample."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return {"log_px_z": self.log_px_z(self.decoder(z), x), "kl": gaussian_kl(mu, logvar)}
+        kl_dim = gaussian_kl_per_dim(mu, logvar)
+        return {"log_px_z": self.log_px_z(self.decoder(z), x), "kl": kl_dim.sum(1), "kl_dim": kl_dim,
+                "mu": mu}
 
-    def elbo_step(self, batch: Batch, ctx: StepContext):
-        t = self.elbo_terms(batch.x)
+    def log_weights(self, x: torch.Tensor, k: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p(x|z), log p(z) - log q(z|x)), each (k, N), for z ~ q(z|x); their sum is the log weight.
+
+        The k samples are drawn in chunks of at most `chunk` decoder evaluations, so k=1000 fits in memory.
+        """
+        mu, logvar = self.encode(x)
+        n = x.shape[0]
+        per = max(1, (chunk or k * n) // n)
+        recs, ratios = [], []
+        for i in range(0, k, per):
+            s = min(per, k - i)
+            z = mu + torch.randn(s, *mu.shape, device=mu.device, dtype=mu.dtype) * (0.5 * logvar).exp()
+            recon = self.decoder(z.reshape(s * n, -1))
+            xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
+            recs.append(self.log_px_z(recon, xs).view(s, n))
+            ratios.append(log_normal(z) - log_normal(z, mu, logvar))
+        return torch.cat(recs, 0), torch.cat(ratios, 0)
+
+    def train_step(self, batch: Batch, ctx: StepContext):
+        x = self.prepare(batch.x)
+        beta = self.kl_weight(ctx.step)
+        if self.cfg.iwae_k > 1:
+            k = self.cfg.iwae_k
+            rec, ratio = self.log_weights(x, k)
+            # KL warm-up for the IWAE objective: anneal log p(z) - log q(z|x) inside the weights.
+            loss = -(torch.logsumexp(rec + beta * ratio, 0) - math.log(k)).mean()
+            bound = (torch.logsumexp((rec + ratio).detach(), 0) - math.log(k)).mean()
+            elbo = (rec + ratio).detach().mean()
+            return loss, {"neg_iwae_bound": -bound, "neg_elbo": -elbo, "kl_weight": torch.tensor(beta)}
+        t = self.elbo_terms(x)
         recon, kl = -t["log_px_z"].mean(), t["kl"].mean()
-        neg_elbo = recon + kl
-        loss = recon + self.cfg.kl_weight * kl
-        return loss, {"reconstruction": recon.detach(), "kl": kl.detach(), "neg_elbo": neg_elbo.detach()}
+        if self.cfg.free_bits > 0:
+            # Kingma et al. (2016): each latent dimension's batch-mean KL costs nothing below free_bits.
+            kl_term = t["kl_dim"].mean(0).clamp(min=self.cfg.free_bits).sum()
+        else:
+            kl_term = kl
+        loss = recon + beta * kl_term
+        return loss, {"reconstruction": recon.detach(), "kl": kl.detach(), "neg_elbo": (recon + kl).detach(),
+                      "kl_weight": torch.tensor(beta)}
 
+    # ---- evaluation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, data):
+        """Test NLL (importance-sampled, eval_k) and -ELBO in nats and bits/dim; active latent units."""
+        k = self.cfg.eval_k
+        batch = max(1, min(100, self.cfg.eval_chunk // max(1, min(k, 50))))
+        nll = neg_elbo = kl = 0.0
+        n = 0
+        mus = []
+        for b in data.batches("test", batch, limit=self.cfg.eval_limit):
+            x = self.prepare(b.x)
+            t = self.elbo_terms(x)
+            rec, ratio = self.log_weights(x, k, self.cfg.eval_chunk)
+            nll -= float((torch.logsumexp((rec + ratio).double(), 0) - math.log(k)).sum())
+            neg_elbo -= float((t["log_px_z"] - t["kl"]).sum())
+            kl += float(t["kl"].sum())
+            mus.append(t["mu"])
+            n += len(b)
+        nats_per_bit = self.num_dims * math.log(2)
+        mu = torch.cat(mus)
+        out = {
+            "test_nll_nats": nll / n,
+            "test_bits_per_dim": nll / n / nats_per_bit,
+            "test_neg_elbo_nats": neg_elbo / n,
+            "test_elbo_bits_per_dim": neg_elbo / n / nats_per_bit,
+            "test_kl_nats": kl / n,
+            "active_units": float(active_units(mu)),
+        }
+        out.update(self.protocol(data, n))
+        return out
+
+    def protocol(self, data, n: int) -> dict:
+        """How the numbers were measured: the data's binarisation, the decoder, k, and how many test examples."""
+        return {"binarize": getattr(data, "binarize", None) or "none", "decoder": self.dist,
+                "eval_k": self.cfg.eval_k, "eval_images": n}
+
+    # ---- sampling and pictures ----------------------------------------------------------------
     def mean_image(self, out: torch.Tensor) -> torch.Tensor:
         """The decoder's mean in data space."""
-        return (torch.sigmoid(out) * 2 - 1) if self.cfg.decoder_dist == "bernoulli" else out
+        if self.dist == "bernoulli":
+            return torch.sigmoid(out) * 2 - 1
+        if self.dist == "logistic":
+            return out[:, : self.spec.shape[0]].clamp(-1, 1)
+        return out.clamp(-1, 1) if self.spec.kind == "image" else out
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean images (or points) for latents z."""
+        return _full(self.mean_image(self.decoder(z.to(next(self.parameters()).device))))
 
     @torch.no_grad()
-    def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
+    def sample(self, n, *, generator=None, labels=None, noise=None, temperature=1.0, **kwargs):
         z = noise if noise is not None else self.latent(n, generator)
-        dev = next(self.parameters()).device
-        return self.mean_image(self.decoder(z.to(dev)).float())
+        return self.decode(z * temperature)
 
     @torch.no_grad()
     def visuals(self, fixed, data):
         from genlab import viz
 
         out = super().visuals(fixed, data)
-        if data.kind == "image":
-            x = data.test_x[: min(32, fixed["n"])]
-            mu, _ = self.encode(x)
-            recon = self.mean_image(self.decoder(mu).float())
-            pairs = torch.stack([x, recon], 1).flatten(0, 1)  # original, reconstruction, ...
-            out["reconstructions"] = viz.grid(pairs, nrow=8)
+        if data.kind != "image":
+            return out
+        x = data.test_x[:32]
+        mu, _ = self.encode(x)
+        pairs = torch.stack([x, self.decode(mu)], 1).flatten(0, 1)  # original, reconstruction, ...
+        out["reconstructions"] = viz.grid(pairs, nrow=8)
+        out["interpolations"] = viz.grid(self.decode(interpolate(mu[:16], 10)), nrow=10)
+        if self.cfg.z_dim == 2:
+            out["manifold"] = viz.grid(self.decode(manifold_grid(16, mu.device)), nrow=16, padding=0)
         return out
 
-    @torch.no_grad()
-    def evaluate(self, data):
-        total, n = {"neg_elbo": 0.0, "kl": 0.0}, 0
-        for b in data.batches("test", 500, limit=2000):
-            t = self.elbo_terms(b.x)
-            total["neg_elbo"] += float(-(t["log_px_z"] - t["kl"]).sum())
-            total["kl"] += float(t["kl"].sum())
-            n += len(b)
-        out = {k: v / n for k, v in total.items()}
-        out["elbo_bits_per_dim"] = out["neg_elbo"] / (self.num_dims * math.log(2))
-        return out
+
+def active_units(mu: torch.Tensor, threshold: float = 0.01) -> int:
+    """Latent dimensions whose posterior mean varies across the data: Cov_x(E_q[z_u]) > threshold
+    (Burda et al. 2016); the others have collapsed to the prior."""
+    if len(mu) < 2:
+        return 0
+    return int((mu.double().var(0) > threshold).sum())
+
+
+def interpolate(mu: torch.Tensor, steps: int) -> torch.Tensor:
+    """Linear paths in latent space between consecutive pairs of codes: (len(mu)//2 * steps, z_dim)."""
+    a, b = mu[0::2], mu[1::2]
+    m = min(len(a), len(b))
+    t = torch.linspace(0, 1, steps, device=mu.device).view(1, -1, 1)
+    return (a[:m, None] * (1 - t) + b[:m, None] * t).reshape(-1, mu.shape[1])
+
+
+def manifold_grid(size: int, device=None) -> torch.Tensor:
+    """A size x size grid of 2-D latents at evenly spaced quantiles of N(0, 1), row-major from the top."""
+    q = torch.linspace(0.5 / size, 1 - 0.5 / size, size, device=device)
+    v = torch.distributions.Normal(0.0, 1.0).icdf(q)
+    yy, xx = torch.meshgrid(v.flip(0), v, indexing="ij")
+    return torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)

@@ -358,7 +358,8 @@ class MultiScaleFlow(nn.Module):
 
     kind='realnvp', per scale: steps_per_scale checkerboard couplings (alternating parity), squeeze,
     steps_per_scale channel couplings, factor out half the channels; the last scale has
-    steps_per_scale + 1 checkerboard couplings (4 for the paper's 3) and no squeeze.
+    steps_per_scale + 1 checkerboard couplings (4 for the paper's 3) and no squeeze. norm='actnorm'
+    puts an ActNorm after every coupling (the paper's batch norm, as a fixed function at test time).
     kind='glow', per scale: squeeze, steps_per_scale x [ActNorm, InvConv1x1, AffineCoupling(channel,
     sigmoid)], factor out half the channels (not on the last scale).
     Squeezing needs even sizes: realnvp squeezes n_scales - 1 times, glow n_scales times, so H and W
@@ -373,12 +374,22 @@ class MultiScaleFlow(nn.Module):
         kind: str = "realnvp",
         hidden: int = 64,
         n_blocks: int = 2,
+        norm: str = "none",
     ):
         super().__init__()
         problem = self._shape_problem(tuple(shape), n_scales, kind)
         if problem:
             raise ValueError(problem)
+        if norm not in ("none", "actnorm"):
+            raise ValueError(f"MultiScaleFlow norm must be 'none' or 'actnorm', got {norm!r}")
         self.shape, self.n_scales, self.kind = tuple(shape), n_scales, kind
+
+        def coupling(channels, mask, parity):
+            # RealNVP normalised between couplings (the paper used batch norm); ActNorm does the same
+            # job with a data-dependent start and is one fixed function at test time, so the NLL is exact.
+            layer = AffineCoupling(channels, mask, parity, hidden, n_blocks, "tanh")
+            return [layer, ActNorm(channels)] if norm == "actnorm" else [layer]
+
         c, h, w = self.shape
         self.scales = nn.ModuleList()
         self.z_shapes: list[tuple[int, int, int]] = []
@@ -387,13 +398,13 @@ class MultiScaleFlow(nn.Module):
             layers: list[nn.Module] = []
             if kind == "realnvp":
                 n_checker = steps_per_scale + 1 if last else steps_per_scale
-                layers += [AffineCoupling(c, "checkerboard", i % 2, hidden, n_blocks, "tanh") for i in range(n_checker)]
+                for i in range(n_checker):
+                    layers += coupling(c, "checkerboard", i % 2)
                 if not last:
                     layers.append(Squeeze())
                     c, h, w = 4 * c, h // 2, w // 2
-                    layers += [
-                        AffineCoupling(c, "channel", i % 2, hidden, n_blocks, "tanh") for i in range(steps_per_scale)
-                    ]
+                    for i in range(steps_per_scale):
+                        layers += coupling(c, "channel", i % 2)
             else:
                 layers.append(Squeeze())
                 c, h, w = 4 * c, h // 2, w // 2

@@ -300,11 +300,12 @@ class PixelCNN(nn.Module):
         x = torch.zeros(n, c, h, w, device=ref.device, dtype=ref.dtype)
         for pos in tqdm(range(h * w), desc="PixelCNN sampling", disable=not progress, leave=False):
             i, j = divmod(pos, w)
+            # Row i depends on rows <= i only, so the rows below are not computed (half the work).
             if self.output == "softmax256":
                 for ch in range(c):
-                    probs = F.softmax(self(x, y)[:, ch, :, i, j], dim=1)
+                    probs = F.softmax(self(x[:, :, : i + 1], y)[:, ch, :, i, j], dim=1)
                     x[:, ch, i, j] = from_levels(torch.multinomial(probs, 1, generator=generator)[:, 0], x.dtype)
             else:
-                params = self(x, y)[:, :, i : i + 1, j : j + 1]
+                params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
                 x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
         return x
