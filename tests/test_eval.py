@@ -206,3 +206,25 @@ def test_toy1d_points_curve_and_npz(tmp_path):
 
     pts = np.load(tmp_path / "s.npz")["points"]
     assert pts.shape == (50, 1) and pts.dtype == np.float32
+
+
+def test_periodic_eval_skips_sampling_for_slow_samplers():
+    """PixelCNN-like models: the trainer's hook must not draw thousands of ancestral samples."""
+    from genlab import data as data_lib
+    from genlab.metrics.evaluator import Evaluator
+
+    data = data_lib.build(compose(["dataset=grid25", "dataset.n_train=64", "dataset.n_test=32"]).dataset)
+
+    class Slow(torch.nn.Module):
+        family, conditional, slow_sampling = "likelihood", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def sample(self, n, **kwargs):
+            raise AssertionError("sampled")
+
+    assert Evaluator(data, num_samples=10)(Slow(), data, 0) == {}
+    with pytest.raises(AssertionError, match="sampled"):  # asked for explicitly, it does sample
+        Evaluator(data, metrics=["modes"], num_samples=10)(Slow(), data, 0)

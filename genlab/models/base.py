@@ -56,6 +56,8 @@ class Model(nn.Module):
     family: str = "adversarial"
     #: whether sample() accepts labels
     conditional: bool = False
+    #: sampling is too slow for the trainer's periodic sample-based metrics (autoregressive models)
+    slow_sampling: bool = False
 
     def __init__(self, cfg, spec):
         super().__init__()

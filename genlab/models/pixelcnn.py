@@ -42,6 +42,7 @@ class PixelCNN(Model):
 
     Config = PixelCNNConfig
     family = "likelihood"
+    slow_sampling = True  # ancestral: one network pass per sub-pixel
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
