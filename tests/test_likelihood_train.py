@@ -37,8 +37,9 @@ CASES = {
 
 
 def _cfg(root, overrides, steps=4):
+    # The sample-based evaluator (FID, ...) is tested in test_eval.py; here only the model's own NLL.
     return compose(["dataset=mnist", f"dataset.root={root}", *TINY, "trainer.eval_every=2",
-                    f"trainer.max_steps={steps}", *overrides])
+                    "trainer.eval_metrics=[nll]", "trainer.eval_samples=2", f"trainer.max_steps={steps}", *overrides])
 
 
 def _history(run):
