@@ -310,5 +310,7 @@ class Evaluator:
             if getattr(model, "slow_sampling", False):
                 return {}  # e.g. PixelCNN: H*W*C passes per sample; its NLL is the periodic metric
             groups = [g for g in groups if g in CHEAP_GROUPS]
+        if not groups:  # e.g. eval_metrics=[nll]: the trainer asks the model itself
+            return {}
         entries, _ = self.evaluate(model, groups)
         return {k: float(e.value) for k, e in entries.items() if math.isfinite(float(e.value))}
