@@ -16,8 +16,6 @@ from pathlib import Path
 COMMANDS = {
     "train": ("genlab.commands.train", "train a model:  genlab train model=wgan_gp dataset=mnist"),
     "sample": ("genlab.commands.sample", "sample a run:   genlab sample run=outputs/DATE/TIME out=x.png"),
-}
-OPTIONAL_COMMANDS = {
     "eval": ("genlab.commands.eval", "evaluate a run: genlab eval run=outputs/DATE/TIME"),
     "featurenet": ("genlab.commands.featurenet", "train the feature network used by eval: genlab featurenet dataset=mnist"),
 }
@@ -29,18 +27,9 @@ VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
                "--package", "-p", "--info", "-i", "--experimental-rerun"}
 
 
-def commands() -> dict:
-    """The commands this installation has (eval/featurenet once their modules exist)."""
-    out = dict(COMMANDS)
-    for name, (mod, text) in OPTIONAL_COMMANDS.items():
-        if importlib.util.find_spec(mod) is not None:
-            out[name] = (mod, text)
-    return out
-
-
 def usage() -> str:
     lines = ["usage: genlab <command> [key=value ...] [hydra flags]", "", "commands:"]
-    lines += [f"  {name:<11}{text}" for name, (_, text) in commands().items()]
+    lines += [f"  {name:<11}{text}" for name, (_, text) in COMMANDS.items()]
     lines += ["", "Each command is a Hydra app: `genlab train --help` lists its config groups,",
               "`genlab train --cfg job` prints the composed config, `-m` sweeps (multirun)."]
     return "\n".join(lines)
@@ -191,7 +180,7 @@ def precheck(command: str, overrides: list[str], multirun: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `genlab` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmds = commands()
+    cmds = COMMANDS
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return

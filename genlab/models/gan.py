@@ -101,8 +101,7 @@ class GAN(Model):
         fake = self.generator(self._noise(len(batch))).detach()
         d_real, d_fake = self.discriminator(real), self.discriminator(fake)
         loss = self.loss.discriminator(d_real, d_fake)
-        logs = self.loss.diagnostics(d_real.detach().float(), d_fake.detach().float()) \
-            if hasattr(self.loss, "diagnostics") else _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
+        logs = _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
         if self.cfg.gp_weight > 0:
             gp = gradient_penalty(self.discriminator, interpolates(real, fake), ctx, self.cfg.gp_center)
             loss = loss + self.cfg.gp_weight * gp
