@@ -31,6 +31,11 @@ class TrainerConfig:
     eval_every: int = 0
     eval_samples: int = 1000
     eval_metrics: Optional[list[str]] = None
+    eval_reference: Optional[int] = None
+    eval_nll_images: Optional[int] = None
+    eval_nll_k: Optional[int] = None
+    eval_featurenet_images: Optional[int] = None
+    slow_sample_images: Optional[int] = None
     best_metric: Optional[str] = None
     best_mode: str = "min"
     num_fixed_samples: int = 64
@@ -148,6 +153,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(not t.best_metric or t.eval_every > 0,
            f"trainer.best_metric={t.best_metric} needs trainer.eval_every > 0 (evaluation makes the metric)")
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
+    for k in ("eval_reference", "eval_nll_images", "eval_nll_k", "eval_featurenet_images"):
+        _check(t[k] is None or t[k] >= 1, f"trainer.{k} must be >= 1 (or null for no bound), got {t[k]}")
+    _check(t.slow_sample_images is None or t.slow_sample_images >= 0,
+           f"trainer.slow_sample_images must be >= 0 (0 = no grids for slow samplers), got {t.slow_sample_images}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")

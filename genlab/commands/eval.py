@@ -50,7 +50,8 @@ def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_sampl
                      featurenet=fn, inception_weights=e.inception_weights, device=device,
                      memorization_samples=e.memorization_samples, prdc_max=e.prdc_max, prdc_k=e.prdc_k,
                      kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
-                     batch_size=int(cfg.batch_size), featurenet_data=fd)
+                     batch_size=int(cfg.batch_size), featurenet_data=fd,
+                     nll_images=e.get("nll_images"), nll_k=e.get("nll_k"))
 
 
 def _fmt(v) -> str:

@@ -67,10 +67,13 @@ def default_evaluator(cfg: DictConfig, data):
     from genlab.metrics import featurenet as fnet
     from genlab.metrics.evaluator import Evaluator
 
+    t = cfg.trainer
     fd = fnet.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
-    metrics = list(cfg.trainer.eval_metrics) if cfg.trainer.eval_metrics else None
-    return Evaluator(data, metrics=metrics, num_samples=int(cfg.trainer.eval_samples), seed=int(cfg.seed),
-                     featurenet_data=fd)
+    metrics = list(t.eval_metrics) if t.eval_metrics else None
+    # A feature network trained on a few images (a smoke test's) is cached apart from the standard one.
+    fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else None
+    return Evaluator(data, metrics=metrics, num_samples=int(t.eval_samples), seed=int(cfg.seed),
+                     featurenet_data=fd, featurenet=fn, reference_limit=t.eval_reference)
 
 
 def _task_overrides() -> list[str]:

@@ -83,6 +83,7 @@ class Trainer:
         self.writer = None
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
+        self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
@@ -261,8 +262,13 @@ class Trainer:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
         from genlab import viz
 
+        fixed = dict(self.fixed)
+        cap = self.tcfg.get("slow_sample_images")
+        if self.model.slow_sampling and cap is not None:
+            if cap == 0:
+                return
+            fixed["n"] = min(fixed["n"], int(cap))
         with _side_effect_free(self.model, self.device):
-            fixed = dict(self.fixed)
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -272,10 +278,15 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
+        t0 = time.perf_counter()
         with _side_effect_free(self.model, self.device):
-            metrics = dict(self.model.evaluate(self.data))
+            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
+                                               k=self.tcfg.get("eval_nll_k")))
             if self.evaluator is not None:
                 metrics.update(self.evaluator(self.model, self.data, self.step))
+        seconds = time.perf_counter() - t0
+        self.eval_seconds += seconds
+        self.writer.add_scalar("perf/eval_seconds", seconds, self.step)
         for k, v in metrics.items():
             # Non-numeric entries (e.g. a likelihood's protocol: binarisation, sample counts) go to the
             # history and the log only.

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from genlab import metrics as M
 from genlab.errors import GenlabError
+from genlab.metrics._distance import kth_neighbour_distance
+from genlab.metrics.refcache import ReferenceCache, tensor_digest
 
 log = logging.getLogger("genlab")
 
@@ -77,6 +81,9 @@ class PointFeatures:
     def embed(self, x: torch.Tensor, batch_size: int = 0):
         return x.reshape(len(x), -1).float().cpu(), None
 
+    def digest(self) -> str:
+        return "points"
+
 
 class Evaluator:
     """Evaluate models on a Data: `evaluate(model)`, `floor()`, and `__call__` as the trainer's hook."""
@@ -85,7 +92,8 @@ class Evaluator:
                  split: str = "train", featurenet: dict | None = None, inception_weights: str | None = None,
                  device=None, memorization_samples: int = 1000, prdc_max: int = 5000, prdc_k: int = 5,
                  kid_subsets: int = 100, kid_subset_size: int = 1000, batch_size: int = 500,
-                 featurenet_data=None):
+                 featurenet_data=None, reference_limit: int | None = None, nll_images: int | None = None,
+                 nll_k: int | None = None, cache: bool = True):
         if split not in ("train", "test"):
             raise GenlabError(f"split must be train or test (the reference the samples are compared with), got {split}")
         self.data = data
@@ -109,10 +117,14 @@ class Evaluator:
         self.kid_subsets, self.kid_subset_size = int(kid_subsets), int(kid_subset_size)
         self.batch_size = int(batch_size)
         self.featurenet_data = featurenet_data
+        self.reference_limit = reference_limit
+        # The NLL of `genlab eval`: the whole test split unless bounded; k None = the model's eval_k.
+        self.nll_images, self.nll_k = nll_images, nll_k
+        self.use_disk_cache = cache
         self.skipped: list[str] = []
         self._nets = None
-        self._ref: dict = {}
-        self._heldout_cache: dict = {}
+        self._caches: dict[str, ReferenceCache] = {}
+        self._digests: dict = {}
 
     # ---- what applies -------------------------------------------------------------------------
     def groups(self, model=None) -> list[str]:
@@ -163,24 +175,64 @@ class Evaluator:
     def _split_y(self, split: str):
         return self.data.train_y if split == "train" else self.data.test_y
 
+    def _cache(self, net) -> ReferenceCache:
+        """The reference cache of one network: on disk next to it (image features), in memory for points."""
+        if net.id not in self._caches:
+            folder = None
+            if self.use_disk_cache and not self.points:
+                from genlab.metrics import featurenet as fnet
+
+                path = getattr(net, "path", None)
+                base = Path(path).parent if path else fnet.cache_dir(self.fn_cfg.get("cache_dir"))
+                folder = base / (re.sub(r"[^A-Za-z0-9_.-]", "_", net.id) + ".refs")
+            self._caches[net.id] = ReferenceCache(folder)
+        return self._caches[net.id]
+
+    def _key(self, net, split: str, n: int, **extra) -> dict:
+        """Everything that decides a reference entry: network, weights, dataset content, split, count."""
+        if net.id not in self._digests:
+            self._digests[net.id] = net.digest()
+        if split not in self._digests:
+            self._digests[split] = tensor_digest(self.data.raw(split))
+        return {"featurenet": net.id, "weights": self._digests[net.id], "dataset": self.data.name,
+                "data": self._digests[split], "split": split, "n": int(n), **extra}
+
+    def split_features(self, net, split: str, n: int | None = None) -> dict:
+        """Features (and class probabilities) of the first n images of a split, with their mean and
+        covariance: computed once per network, dataset and split, then read from the cache."""
+        size = len(self.data.raw(split))
+        n = size if n is None else min(int(n), size)
+
+        def compute() -> dict:
+            parts = [net.embed(b.x) for b in self.data.batches(split, 5000, limit=n)]
+            feats = torch.cat([f for f, _ in parts])
+            probs = torch.cat([p for _, p in parts]) if parts[0][1] is not None else None
+            mu, sigma = M.feature_stats(feats)
+            out = {"feats": feats, "mu": mu, "sigma": sigma}
+            if probs is not None:
+                out["probs"] = probs
+            return out
+
+        return self._cache(net).get(f"{self.data.name}-{split}-{n}", self._key(net, split, n), compute)
+
     def reference(self, net) -> dict:
         """Reference-split features of one network: all of them (FID), a fixed subset (PRDC)."""
-        if net.id not in self._ref:
-            x = self._split_x(self.split)
-            feats, _ = self._embed(net, x)
+        ref = self.split_features(net, self.split, self.reference_limit)
+        if "perm" not in ref:
             g = torch.Generator().manual_seed(self.seed + 7)
-            perm = torch.randperm(len(feats), generator=g)
-            self._ref[net.id] = {"feats": feats, "stats": M.feature_stats(feats), "perm": perm}
-        return self._ref[net.id]
+            ref = {**ref, "perm": torch.randperm(len(ref["feats"]), generator=g), "stats": (ref["mu"], ref["sigma"])}
+        return ref
 
-    def _embed(self, net, x: torch.Tensor):
-        out_f, out_p = [], []
-        for i in range(0, len(x), 5000):
-            f, p = net.embed(x[i:i + 5000])
-            out_f.append(f)
-            if p is not None:
-                out_p.append(p)
-        return torch.cat(out_f), (torch.cat(out_p) if out_p else None)
+    def reference_radii(self, net, ref: dict, m: int) -> torch.Tensor:
+        """k-NN radii of the PRDC reference subset (the first m of the seeded permutation), cached."""
+        n = len(ref["feats"])
+        key = self._key(net, self.split, n, prdc_m=int(m), prdc_k=self.prdc_k, seed=self.seed)
+
+        def compute() -> dict:
+            real = ref["feats"][ref["perm"][:m]]
+            return {"radii": kth_neighbour_distance(real.to(torch.float64), self.prdc_k)}
+
+        return self._cache(net).get(f"{self.data.name}-{self.split}-{n}-radii{m}", key, compute)["radii"]
 
     # ---- sampling -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,14 +254,15 @@ class Evaluator:
         return torch.cat(out), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
-    def score(self, x: torch.Tensor, groups: list[str], target_labels=None) -> dict[str, Entry]:
-        """Every metric of `groups` for the set x (samples, or held-out real data for the floor)."""
+    def score(self, x: torch.Tensor, groups: list[str], target_labels=None, embedded=None) -> dict[str, Entry]:
+        """Every metric of `groups` for the set x (samples, or held-out real data for the floor);
+        embedded(net) may give x's (features, probabilities) when they are already known."""
         n = len(x)
         out: dict[str, Entry] = {}
         for net in self.nets() if any(g in groups for g in ("fid", "kid", "prdc", "is", "classes", "cond_acc")) else []:
             tag = f"[{net.name}]"
             ref = self.reference(net)
-            feats, probs = self._embed(net, x)
+            feats, probs = embedded(net) if embedded is not None else net.embed(x)
             nref = len(ref["feats"])
             if "fid" in groups:
                 fid = M.fid_from_stats(*M.feature_stats(feats), *ref["stats"])
@@ -224,7 +277,7 @@ class Evaluator:
                 m = min(n, self.prdc_max, nref)
                 if m > self.prdc_k:
                     real = ref["feats"][ref["perm"][:m]]
-                    r = M.prdc(real, feats[:m], k=self.prdc_k)
+                    r = M.prdc(real, feats[:m], k=self.prdc_k, real_radii=self.reference_radii(net, ref, m))
                     for key, v in r.items():
                         out[key + tag] = Entry(v, m, m, net.id, {"k": self.prdc_k})
             if probs is not None and "is" in groups:
@@ -260,7 +313,8 @@ class Evaluator:
         x, labels = self.samples(model)
         out = self.score(x, groups, labels)
         if "nll" in groups:
-            res = model.evaluate(self.data)
+            limit = self.nll_images or len(self.data.raw("test"))
+            res = model.evaluate(self.data, limit=limit, k=self.nll_k)
             # Likelihood models also return their protocol (binarisation, decoder, k): keep it with the numbers.
             protocol = {k: v for k, v in res.items() if isinstance(v, str)}
             n = int(res.get("eval_images", len(self.data.raw("test"))))
@@ -277,8 +331,14 @@ class Evaluator:
         idx = torch.randperm(len(held), generator=g)[:n].to(held.device)
         x = held[idx].float().cpu()
         y = self._split_y(self.heldout)
+
+        def embedded(net):  # rows of the cached held-out split features
+            f = self.split_features(net, self.heldout)
+            cpu = idx.cpu()
+            return f["feats"][cpu], (f["probs"][cpu] if "probs" in f else None)
+
         out = self.score(x, [g_ for g_ in groups if g_ not in ("nll", "memorization")],
-                         y[idx].cpu() if y is not None else None)
+                         y[idx].cpu() if y is not None else None, embedded)
         if "memorization" in groups and self.heldout == "test":
             # Held-out points are fresh data: by construction about 1 and 0.5; computed, not assumed.
             m = min(n // 2, self.memorization_samples)

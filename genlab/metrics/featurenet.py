@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from genlab.errors import GenlabError
+from genlab.metrics.refcache import cache_root, module_digest
 
 log = logging.getLogger("genlab")
 
@@ -96,6 +97,10 @@ class FeatureNet:
         self.net.to(device)
         return self
 
+    def digest(self) -> str:
+        """A hash of the weights (reference caches are keyed by it)."""
+        return module_digest(self.net)
+
     @torch.no_grad()
     def embed(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N, D) float32 and softmax (N, K) of images in [-1, 1] (N, C, H, W), on CPU."""
@@ -116,16 +121,18 @@ def recipe_for(data, **overrides) -> Recipe:
     if h < 8 or h != w:
         raise GenlabError(f"the LeNet feature network needs square images of at least 8x8, got {h}x{w}")
     fields = {k: v for k, v in overrides.items() if v is not None}
+    # limit: train on the first images only (a quick network for smoke tests; its own cache entry)
+    limit = fields.pop("limit", None)
+    n_train = len(data) if limit is None else min(int(limit), len(data))
     return Recipe(dataset=data.name, shape=tuple(data.shape), num_classes=int(data.num_classes),
-                  n_train=len(data), **fields)
+                  n_train=n_train, **fields)
 
 
 def cache_dir(path: str | None = None) -> Path:
-    """Where feature networks live: the given path, else $GENLAB_CACHE/featurenets, else data/featurenets."""
+    """Where feature networks live: the given path, else <cache root>/featurenets (see refcache.cache_root)."""
     if path:
         return Path(os.path.expanduser(str(path)))
-    env = os.environ.get("GENLAB_CACHE")
-    return Path(env) / "featurenets" if env else Path("data") / "featurenets"
+    return cache_root() / "featurenets"
 
 
 def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float:
@@ -146,7 +153,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
         c, h, _ = recipe.shape
         net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    x, y = data.raw("train").cpu(), data.train_y.cpu()
+    x, y = data.raw("train")[:recipe.n_train].cpu(), data.train_y[:recipe.n_train].cpu()
     steps = max(1, -(-len(x) // recipe.batch_size)) * recipe.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     t0 = time.perf_counter()
@@ -168,7 +175,8 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
                 n += len(idx)
             log.info("featurenet %s: epoch %d/%d, train loss %.4f (%.0fs)", recipe.id, epoch + 1,
                      recipe.epochs, total / n, time.perf_counter() - t0)
-    acc = _accuracy(net, data.raw("test").cpu(), data.test_y.cpu(), device)
+    n_test = min(len(data.test_y), recipe.n_train)  # the whole test split unless trained on a few images
+    acc = _accuracy(net, data.raw("test")[:n_test].cpu(), data.test_y[:n_test].cpu(), device)
     return net.cpu().eval(), acc
 
 
@@ -219,6 +227,9 @@ class InceptionNet:
                                                feature_extractor_weights_path=str(p)).to(device).eval()
         self.id = f"inception-v3-compat:{p.name}"
         self.test_accuracy = None
+
+    def digest(self) -> str:
+        return module_digest(self.net)
 
     @torch.no_grad()
     def embed(self, x: torch.Tensor, batch_size: int = 100) -> tuple[torch.Tensor, torch.Tensor]:

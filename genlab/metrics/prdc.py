@@ -11,10 +11,14 @@ import torch
 from genlab.metrics._distance import as_float64, distance_blocks, kth_neighbour_distance
 
 
-def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, chunk: int = 1024) -> dict[str, float]:
-    """Precision, recall, density and coverage between real (N, D) and fake (M, D) features."""
+def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, chunk: int = 1024,
+         real_radii: torch.Tensor | None = None) -> dict[str, float]:
+    """Precision, recall, density and coverage between real (N, D) and fake (M, D) features
+    (real_radii: the real points' k-NN radii when already known, e.g. from the reference cache)."""
     real, fake = as_float64(real), as_float64(fake)
-    real_radii = kth_neighbour_distance(real, k, chunk)
+    if real_radii is None:
+        real_radii = kth_neighbour_distance(real, k, chunk)
+    real_radii = real_radii.to(real)
     fake_radii = kth_neighbour_distance(fake, k, chunk)
     # Number of real balls holding each fake point; precision and density both come from it.
     balls_per_fake = torch.zeros(fake.shape[0], dtype=torch.float64, device=fake.device)

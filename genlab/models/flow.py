@@ -99,9 +99,9 @@ class Flow(Model):
         return bpd, {"nll_nats": (bpd * self.num_dims * math.log(2)).detach(), "bits_per_dim": bpd.detach()}
 
     @torch.no_grad()
-    def evaluate(self, data):
+    def evaluate(self, data, *, limit=None, k=None):
         total, n = 0.0, 0
-        for b in data.batches("test", 500, limit=self.cfg.eval_limit):
+        for b in data.batches("test", 500, limit=limit or self.cfg.eval_limit):
             total += float(self.log_prob(b.x).sum())
             n += len(b)
         nll = -total / n

@@ -97,9 +97,9 @@ class PixelCNN(Model):
         return bpd, {"nll_nats": nll.detach(), "bits_per_dim": bpd.detach()}
 
     @torch.no_grad()
-    def evaluate(self, data):
+    def evaluate(self, data, *, limit=None, k=None):
         total, n = 0.0, 0
-        for b in data.batches("test", 100, limit=self.cfg.eval_limit):
+        for b in data.batches("test", 100, limit=limit or self.cfg.eval_limit):
             total -= float(self.log_prob(b.x, b.y).double().sum())
             n += len(b)
         nll = total / n

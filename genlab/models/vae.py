@@ -238,14 +238,14 @@ class VAE(Model):
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, data):
+    def evaluate(self, data, *, limit=None, k=None):
         """Test NLL (importance-sampled, eval_k) and -ELBO in nats and bits/dim; active latent units."""
-        k = self.cfg.eval_k
+        k = int(k or self.cfg.eval_k)
         batch = max(1, min(100, self.cfg.eval_chunk // max(1, min(k, 50))))
         nll = neg_elbo = kl = 0.0
         n = 0
         mus = []
-        for b in data.batches("test", batch, limit=self.cfg.eval_limit):
+        for b in data.batches("test", batch, limit=limit or self.cfg.eval_limit):
             x = self.prepare(b.x)
             t = self.elbo_terms(x)
             rec, ratio = self.log_weights(x, k, self.cfg.eval_chunk)
@@ -264,13 +264,13 @@ class VAE(Model):
             "test_kl_nats": kl / n,
             "active_units": float(active_units(mu)),
         }
-        out.update(self.protocol(data, n))
+        out.update(self.protocol(data, n, k))
         return out
 
-    def protocol(self, data, n: int) -> dict:
+    def protocol(self, data, n: int, k: int) -> dict:
         """How the numbers were measured: the data's binarisation, the decoder, k, and how many test examples."""
         return {"binarize": getattr(data, "binarize", None) or "none", "decoder": self.dist,
-                "eval_k": self.cfg.eval_k, "eval_images": n}
+                "eval_k": k, "eval_images": n}
 
     # ---- sampling and pictures ----------------------------------------------------------------
     def mean_image(self, out: torch.Tensor) -> torch.Tensor:
