@@ -199,9 +199,28 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("sample", "eval") and not any(_key(o) == "run" for o in overrides):
             fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
         precheck(name, overrides, multirun)
-    module = importlib.import_module(cmds[name][0])
     sys.argv = [f"genlab-{name}", *flags, *overrides]
+    if info:  # --help, --cfg, ...: Hydra answers from the config alone, without torch (a quick CLI)
+        info_app(name)()
+        return
+    module = importlib.import_module(cmds[name][0])
     module.main()
+
+
+def info_app(name: str):
+    """A Hydra app for the command's config that runs nothing: it answers Hydra's informational flags."""
+    import hydra
+
+    from genlab.config import register_configs
+
+    register_configs()
+
+    def app(cfg) -> None:
+        raise RuntimeError("informational Hydra flags do not run the command")
+
+    # Hydra names the app (help text, job name) after the task function's module: the command's.
+    app.__module__ = COMMANDS[name][0]
+    return hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name=name)(app)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.precision import Precision
+from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -169,8 +170,7 @@ class Trainer:
 
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
                    desc="train", unit="step")
-        sums: dict[str, torch.Tensor] = {}
-        counts: dict[str, int] = {}
+        window = WindowMeans()
         last: dict = {}
         tick, tick_step = time.perf_counter(), self.step
         if self.step == 0 and t.sample_every:
@@ -188,25 +188,20 @@ class Trainer:
                         t.grad_clip, need_norm=bool(log_now))
                     if s.after is not None:
                         s.after()
-                    logs = {"loss": loss, **logs}
-                    if norm is not None:
-                        logs["grad_norm"] = norm
-                    for k, v in logs.items():
-                        # Non-finite values are left out of the average (with fp16 they mark steps the
-                        # GradScaler skipped); a window with no finite value at all is divergence.
-                        key = f"{s.name}/{k}"
-                        v = v.detach().float()
-                        ok = torch.isfinite(v)
-                        sums[key] = sums.get(key, 0.0) + torch.where(ok, v, 0.0)
-                        counts[key] = counts.get(key, 0) + ok.float()
+                    if t.log_every:
+                        # Non-finite values are left out of the window's average (with fp16 they mark
+                        # steps the GradScaler skipped); a window with no finite value at all is divergence.
+                        logs = {"loss": loss, **logs}
+                        if norm is not None:
+                            logs["grad_norm"] = norm
+                        window.add(s.name, logs)
             self.step += 1
             bar.update(1)
             if log_now:
                 now = time.perf_counter()
-                last = {k: (v / counts[k]).item() for k, v in sums.items()}  # 0/0 = nan: never finite
+                last = window.means()  # 0/0 = nan: never finite
                 last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
-                sums, counts = {}, {}
                 self._check_finite(last)
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
