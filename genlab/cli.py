@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -179,6 +180,9 @@ def precheck(command: str, overrides: list[str], multirun: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `genlab` console script."""
+    # Before torch loads OpenMP: idle OpenMP workers sleep instead of spinning, which on a shared
+    # machine made a 2-thread update of a small MLP 18x slower (README, "Threads").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     cmds = COMMANDS
     if not argv or argv[0] in ("-h", "--help", "help"):

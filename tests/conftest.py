@@ -21,8 +21,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _seed():
-    """Every test starts from the same global RNG state."""
+    """Every test starts from the same global RNG state (and one thread: a run may have set more)."""
     torch.manual_seed(0)
+    torch.set_num_threads(1)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

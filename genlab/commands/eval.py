@@ -89,6 +89,9 @@ def evaluate_run(cfg: DictConfig) -> dict:
     run = load_run(str(cfg.run), str(cfg.checkpoint), str(cfg.device))
     device = resolve_device(str(cfg.device))
     data, dcfg = run_data(run, cfg.dataset.root)
+    from genlab.engine.threads import default_threads
+
+    torch.set_num_threads(default_threads(data.kind))
     metrics = list(cfg.metrics) if cfg.metrics else None
     ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples)
     groups = ev.groups(run.model)

@@ -30,6 +30,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
     from genlab import data as data_lib
     from genlab.config import model_class, validate
     from genlab.engine import checkpoint as ckpt
+    from genlab.engine.threads import default_threads
     from genlab.engine.trainer import Trainer, resolve_device
 
     mcfg = validate(cfg)
@@ -44,19 +45,19 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
         state = ckpt.load(path)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(int(cfg.trainer.num_threads))
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
+    torch.set_num_threads(int(cfg.trainer.num_threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
     if evaluator is None and cfg.trainer.eval_every:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator)
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
-    log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s", mcfg.name, data.name,
-             "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device, cfg.trainer.precision)
+    log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s, %d CPU thread(s)", mcfg.name,
+             data.name, "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device,
+             cfg.trainer.precision, torch.get_num_threads())
     last = trainer.fit(model, data, resume=state, resume_path=path)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     return last
