@@ -38,8 +38,11 @@ CASES = {
 
 def _cfg(root, overrides, steps=4):
     # The sample-based evaluator (FID, ...) is tested in test_eval.py; here only the model's own NLL.
+    # trainer.eval_nll_*=null, slow_sample_images=null: the models' own eval_k / eval_limit /
+    # visual_samples (these nets are tiny), not the debug trainer's bounds.
     return compose(["dataset=mnist", f"dataset.root={root}", *TINY, "trainer.eval_every=2",
-                    "trainer.eval_metrics=[nll]", "trainer.eval_samples=2", f"trainer.max_steps={steps}", *overrides])
+                    "trainer.eval_metrics=[nll]", "trainer.eval_samples=2", "trainer.eval_nll_k=null",
+                    "trainer.eval_nll_images=null", "trainer.slow_sample_images=null", f"trainer.max_steps={steps}", *overrides])
 
 
 def _history(run):
