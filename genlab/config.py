@@ -38,6 +38,9 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass

@@ -82,6 +82,11 @@ class GAN(Model):
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
 
+    def compile_targets(self):
+        # The gradient penalty differentiates through D twice; compiled graphs have no double backward.
+        nets = self.networks()
+        return {k: m for k, m in nets.items() if not (k == "discriminator" and self.cfg.gp_weight > 0)}
+
     def schedule(self):
         after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
         return [

@@ -133,6 +133,9 @@ class VAE(Model):
     def networks(self):
         return {"vae": self}
 
+    def compile_targets(self):
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
     def schedule(self):
         return [Step("vae", "vae", self.train_step)]
 

@@ -1,0 +1,138 @@
+"""One run on several processes (gloo on CPU): the same numbers as one process with the global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.conftest import compose
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
+
+TOY = ["trainer=debug", "trainer.progress=false", "trainer.num_threads=1", "trainer.sample_every=0",
+       "trainer.checkpoint_every=0", "dataset.n_train=4000", "dataset.n_test=500"]
+# No batch norm: per-rank batch statistics would differ from one process's (sync BN needs CUDA).
+WGAN_GP = ["model=wgan_gp", "dataset=grid25", "model.generator.norm=none", "model.generator.hidden=32",
+           "model.discriminator.hidden=32", "model.z_dim=8", "model.n_critic=2", "optimizer.lr=1e-3"]
+FLOW = ["model=realnvp", "dataset=ring8", "model.n_layers=4", "model.hidden=32", "trainer.eval_every=0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _global_noise(rank: int, world: int):
+    """Noise drawn as one process would draw the global batch, each rank keeping its slice."""
+    g = torch.Generator().manual_seed(123)
+
+    def draw(fn, n, *shape):
+        full = fn(n * world, *shape, generator=g)
+        return full[rank * n:(rank + 1) * n]
+    return draw
+
+
+def _patch_noise(rank: int, world: int) -> None:
+    from genlab.models import gan
+
+    draw = _global_noise(rank, world)
+    gan.GAN._noise = lambda self, n: draw(torch.randn, n, self.cfg.z_dim)
+    gan.interpolates = lambda real, fake: (lambda a: a * real + (1 - a) * fake)(draw(torch.rand, len(real), 1))
+
+
+def _worker(rank: int, world: int, port: int, overrides: list[str], run_dir: str, patch: bool) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if patch:
+        _patch_noise(rank, world)
+    from genlab.commands.train import train
+
+    last = train(compose(overrides), run_dir)
+    if rank == 0:
+        Path(run_dir, "last.json").write_text(json.dumps(last))
+
+
+def run(world: int, overrides: list[str], run_dir: Path, patch: bool = False) -> tuple[dict, dict]:
+    """Train on `world` processes (1: in this process); (rank 0's checkpoint, its last averaged scalars)."""
+    if world > 1:
+        mp.spawn(_worker, args=(world, free_port(), overrides, str(run_dir), patch), nprocs=world, join=True)
+        last = json.loads((run_dir / "last.json").read_text())
+    else:
+        from genlab.commands.train import train
+        from genlab.models import gan
+
+        saved = gan.GAN._noise, gan.interpolates
+        try:
+            if patch:
+                _patch_noise(0, 1)
+            last = train(compose(overrides), run_dir)
+        finally:
+            gan.GAN._noise, gan.interpolates = saved
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), last
+
+
+def assert_close_weights(a: dict, b: dict, tol: float) -> float:
+    worst = 0.0
+    for k, v in a.items():
+        if v.is_floating_point():
+            worst = max(worst, (v - b[k]).abs().max().item())
+    assert worst < tol, worst
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, overrides, patch", [("wgan_gp", WGAN_GP, True), ("realnvp", FLOW, False)])
+def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patch, tmp_path):
+    steps = ["trainer.max_steps=3"]
+    two, two_last = run(2, [*TOY, *overrides, *steps, "trainer.batch_size=8"], tmp_path / "two", patch)
+    one, one_last = run(1, [*TOY, *overrides, *steps, "trainer.batch_size=16"], tmp_path / "one", patch)
+    half, _ = run(1, [*TOY, *overrides, *steps, "trainer.batch_size=8"], tmp_path / "half", patch)
+    init = run(1, [*TOY, *overrides, "trainer.max_steps=0"], tmp_path / "init", patch)[0]
+    worst = assert_close_weights(two["model"], one["model"], 1e-5)
+    print(f"{name}: largest weight difference 2 ranks x {8} vs 1 process x 16 after 3 steps: {worst:.2e}")
+    # The comparison can fail: training moved the weights, and half the batch moves them elsewhere.
+    moved = max((v - init["model"][k]).abs().max().item() for k, v in one["model"].items() if v.is_floating_point())
+    assert moved > 1e-3
+    with pytest.raises(AssertionError):
+        assert_close_weights(half["model"], one["model"], 1e-5)
+    # Logged scalars are averaged over ranks: the mean of two half-batch means is the global mean.
+    for k, v in one_last.items():
+        if not k.startswith("perf/"):
+            assert two_last[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    # Every rank's RNG and sampler state is in the checkpoint; the ranks share one global permutation.
+    assert len(two["ranks"]) == 2
+    reps = 3 * (2 + 1) if name == "wgan_gp" else 3
+    assert [r["data"]["pos"] for r in two["ranks"]] == [reps * 16, reps * 16] == [one["data"]["pos"]] * 2
+    assert not torch.equal(two["ranks"][0]["rng"]["torch"], two["ranks"][1]["rng"]["torch"])
+
+
+def _actnorm_worker(rank: int, world: int, port: int, x: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    from genlab.nets.flows import ActNorm
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    layer = ActNorm(x.shape[1])
+    n = len(x) // world
+    layer(x[rank * n:(rank + 1) * n])
+    torch.save({"loc": layer.loc.detach(), "log_scale": layer.log_scale.detach()}, f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_actnorm_initialises_from_the_global_batch_on_every_rank(tmp_path):
+    x = torch.randn(12, 3, 4, 4) * torch.tensor([1.0, 3.0, 0.2]).view(1, 3, 1, 1) + 5
+    mp.spawn(_actnorm_worker, args=(2, free_port(), x, str(tmp_path / "an")), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"an.{r}", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0["loc"], r1["loc"]) and torch.equal(r0["log_scale"], r1["log_scale"])
+    dims = (0, 2, 3)
+    assert torch.allclose(r0["loc"], -x.mean(dims), atol=1e-5)
+    assert torch.allclose(r0["log_scale"], -torch.log(x.std(dims, unbiased=False) + 1e-6), atol=1e-5)
