@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import compose
+from tests.conftest import REPO, compose
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built in")
 
@@ -136,3 +141,99 @@ def test_actnorm_initialises_from_the_global_batch_on_every_rank(tmp_path):
     dims = (0, 2, 3)
     assert torch.allclose(r0["loc"], -x.mean(dims), atol=1e-5)
     assert torch.allclose(r0["log_scale"], -torch.log(x.std(dims, unbiased=False) + 1e-6), atol=1e-5)
+
+
+# ---- the CLI under torchrun ----------------------------------------------------------------------------
+CLI = ["model=wgan_gp", "dataset=grid25", "trainer=debug", "trainer.progress=false", "trainer.num_threads=1",
+       "trainer.sample_every=0", "trainer.checkpoint_every=0", "trainer.log_every=1", "dataset.n_train=4000",
+       "dataset.n_test=500", "model.generator.hidden=32", "model.discriminator.hidden=32"]
+
+
+def torchrun(args: list[str], outputs: Path, **kw) -> subprocess.Popen:
+    """`torchrun --nproc_per_node=2 -m genlab train ARGS` with run folders under `outputs`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENLAB_OUTPUTS": str(outputs)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           "-m", "genlab", "train", *CLI, *args]
+    return subprocess.Popen(cmd, env=env, cwd=outputs.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kw)
+
+
+def finish(p: subprocess.Popen, timeout: int = 300) -> str:
+    out, _ = p.communicate(timeout=timeout)
+    return out
+
+
+def run_folder(outputs: Path) -> Path:
+    folders = [p.parent.parent for p in outputs.glob("*/*/.hydra/config.yaml")]
+    assert len(folders) == 1, folders  # ranks > 0 made no folder of their own
+    return folders[0]
+
+
+def workers(p: subprocess.Popen) -> dict[int, int]:
+    """rank -> pid of torchrun's worker processes."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == p.pid:
+                env = (stat.parent / "environ").read_bytes().split(b"\0")
+                rank = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
+                out[rank[0]] = int(stat.parent.name)
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def wait_training(p: subprocess.Popen, outputs: Path, timeout: float = 120) -> Path:
+    """The run folder once rank 0 has logged a few steps to TensorBoard."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert p.poll() is None, finish(p)
+        events = list(outputs.glob("*/*/tb/events.*"))
+        if events and events[0].stat().st_size > 2000 and len(workers(p)) == 2:
+            return events[0].parent.parent
+        time.sleep(0.5)
+    p.kill()
+    raise AssertionError("training did not start")
+
+
+def stop_steps(out: str) -> dict[int, int]:
+    return {int(r): int(s) for r, s in re.findall(r"rank (\d): stopping at step (\d+)", out)}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
+def test_sigterm_to_one_rank_stops_both_at_one_step_with_one_checkpoint(tmp_path):
+    p = torchrun(["trainer.max_steps=100000"], tmp_path / "out")
+    run = wait_training(p, tmp_path / "out")
+    os.kill(workers(p)[1], signal.SIGTERM)
+    out = finish(p)
+    steps = stop_steps(out)
+    assert set(steps) == {0, 1} and steps[0] == steps[1], out
+    # Exit 128+15 on both ranks (torchrun then reports it); no traceback from genlab's own code.
+    assert p.returncode != 0 and "exitcode  : 143" in out and 'genlab/engine' not in out, out
+    assert [f.name for f in (run / "checkpoints").iterdir()] == ["last.pt"]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == steps[0]
+    assert run_folder(tmp_path / "out") == run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds torchrun's workers through /proc")
+def test_sigterm_to_the_job_then_resume_on_two_ranks_is_bit_identical(tmp_path):
+    p = torchrun(["trainer.max_steps=100000"], tmp_path / "stopped")
+    stopped = wait_training(p, tmp_path / "stopped")
+    p.send_signal(signal.SIGTERM)  # to torchrun, which passes it on to every rank
+    out = finish(p)
+    steps = stop_steps(out)
+    assert set(steps) == {0, 1} and steps[0] == steps[1], out
+    n = steps[0]
+    assert [f.name for f in (stopped / "checkpoints").iterdir()] == ["last.pt"]
+    resumed = finish(torchrun([f"trainer.max_steps={n + 2}", f"trainer.resume={stopped}"], tmp_path / "resumed"))
+    straight = finish(torchrun([f"trainer.max_steps={n + 2}"], tmp_path / "straight"))
+    a = torch.load(run_folder(tmp_path / "resumed") / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(run_folder(tmp_path / "straight") / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"] == n + 2, (resumed, straight)
+    for k, v in b["model"].items():
+        assert torch.equal(a["model"][k], v), k
+    for r in range(2):
+        assert torch.equal(a["ranks"][r]["rng"]["torch"], b["ranks"][r]["rng"]["torch"])
