@@ -25,6 +25,10 @@ TOY = ["trainer=debug", "trainer.progress=false", "trainer.num_threads=1", "trai
 # No batch norm: per-rank batch statistics would differ from one process's (sync BN needs CUDA).
 WGAN_GP = ["model=wgan_gp", "dataset=grid25", "model.generator.norm=none", "model.generator.hidden=32",
            "model.discriminator.hidden=32", "model.z_dim=8", "model.n_critic=2", "optimizer.lr=1e-3"]
+# Weight clipping, a generator EMA, spectral norm's power-iteration buffers and one GradScaler per optimizer.
+WGAN_TRICKS = ["model=wgan", "dataset=grid25", "model.generator.norm=none", "model.generator.hidden=32",
+               "model.discriminator.hidden=32", "model.z_dim=8", "model.n_critic=2", "optimizer.lr=1e-3",
+               "model.ema_decay=0.5", "model.discriminator.spectral_norm=true"]
 FLOW = ["model=realnvp", "dataset=ring8", "model.n_layers=4", "model.hidden=32", "trainer.eval_every=0"]
 
 
@@ -59,8 +63,13 @@ def _worker(rank: int, world: int, port: int, overrides: list[str], run_dir: str
     if patch:
         _patch_noise(rank, world)
     from genlab.commands.train import train
+    from genlab.engine.trainer import Trainer
 
+    fit, seen = Trainer.fit, []
+    Trainer.fit = lambda self, *a, **kw: (seen.append(self), fit(self, *a, **kw))[1]
     last = train(compose(overrides), run_dir)
+    t = seen[0]  # what each rank ends with, to check that the ranks stayed in lockstep
+    torch.save({"model": t.model.state_dict(), "scalers": t.precision.state_dict()}, Path(run_dir, f"rank{rank}.pt"))
     if rank == 0:
         Path(run_dir, "last.json").write_text(json.dumps(last))
 
@@ -94,7 +103,8 @@ def assert_close_weights(a: dict, b: dict, tol: float) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, overrides, patch", [("wgan_gp", WGAN_GP, True), ("realnvp", FLOW, False)])
+@pytest.mark.parametrize("name, overrides, patch", [("wgan_gp", WGAN_GP, True), ("wgan_tricks", WGAN_TRICKS, True),
+                                                     ("realnvp", FLOW, False)])
 def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patch, tmp_path):
     steps = ["trainer.max_steps=3"]
     two, two_last = run(2, [*TOY, *overrides, *steps, "trainer.batch_size=8"], tmp_path / "two", patch)
@@ -102,6 +112,9 @@ def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patc
     half, _ = run(1, [*TOY, *overrides, *steps, "trainer.batch_size=8"], tmp_path / "half", patch)
     init = run(1, [*TOY, *overrides, "trainer.max_steps=0"], tmp_path / "init", patch)[0]
     worst = assert_close_weights(two["model"], one["model"], 1e-5)
+    assert two["scalers"].keys() == one["scalers"].keys()
+    for k, sc in one["scalers"].items():
+        assert two["scalers"][k]["scale"] == sc["scale"] and two["scalers"][k]["_growth_tracker"] == sc["_growth_tracker"]
     print(f"{name}: largest weight difference 2 ranks x {8} vs 1 process x 16 after 3 steps: {worst:.2e}")
     # The comparison can fail: training moved the weights, and half the batch moves them elsewhere.
     moved = max((v - init["model"][k]).abs().max().item() for k, v in one["model"].items() if v.is_floating_point())
@@ -112,11 +125,29 @@ def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patc
     for k, v in one_last.items():
         if not k.startswith("perf/"):
             assert two_last[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    assert_ranks_identical(tmp_path / "two")
     # Every rank's RNG and sampler state is in the checkpoint; the ranks share one global permutation.
     assert len(two["ranks"]) == 2
-    reps = 3 * (2 + 1) if name == "wgan_gp" else 3
+    reps = 3 * (2 + 1) if name.startswith("wgan") else 3
     assert [r["data"]["pos"] for r in two["ranks"]] == [reps * 16, reps * 16] == [one["data"]["pos"]] * 2
     assert not torch.equal(two["ranks"][0]["rng"]["torch"], two["ranks"][1]["rng"]["torch"])
+
+
+def assert_ranks_identical(run_dir: Path) -> None:
+    r0, r1 = (torch.load(run_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k, v in r0["model"].items():
+        assert torch.equal(v, r1["model"][k]), k
+    assert r0["scalers"] == r1["scalers"]
+
+
+@pytest.mark.slow
+def test_fp16_grad_scalers_skip_and_step_together_on_every_rank(tmp_path):
+    # Gradients are averaged before unscaling, so an inf on one rank is an inf on all: every rank
+    # skips the same steps and backs off its per-optimizer scale the same way.
+    state, _ = run(2, [*TOY, *WGAN_TRICKS, "trainer.precision=16", "trainer.max_steps=4", "trainer.batch_size=8"],
+                   tmp_path, patch=True)
+    assert set(state["scalers"]) == {"discriminator", "generator"}
+    assert_ranks_identical(tmp_path)
 
 
 def _actnorm_worker(rank: int, world: int, port: int, x: torch.Tensor, out: str) -> None:
