@@ -180,13 +180,13 @@ CLI = ["model=wgan_gp", "dataset=grid25", "trainer=debug", "trainer.progress=fal
        "dataset.n_test=500", "model.generator.hidden=32", "model.discriminator.hidden=32"]
 
 
-def torchrun(args: list[str], outputs: Path, **kw) -> subprocess.Popen:
+def torchrun(args: list[str], outputs: Path, env: dict | None = None) -> subprocess.Popen:
     """`torchrun --nproc_per_node=2 -m genlab train ARGS` with run folders under `outputs`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENLAB_OUTPUTS": str(outputs)}
+    env = env or {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENLAB_OUTPUTS": str(outputs)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
            "-m", "genlab", "train", *CLI, *args]
     return subprocess.Popen(cmd, env=env, cwd=outputs.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+                            text=True)
 
 
 def finish(p: subprocess.Popen, timeout: int = 300) -> str:
@@ -268,3 +268,32 @@ def test_sigterm_to_the_job_then_resume_on_two_ranks_is_bit_identical(tmp_path):
         assert torch.equal(a["model"][k], v), k
     for r in range(2):
         assert torch.equal(a["ranks"][r]["rng"]["torch"], b["ranks"][r]["rng"]["torch"])
+
+
+FAIL_ON_RANK1 = '''
+import os
+if os.environ.get("RANK") == "1":
+    from genlab.models import gan
+    _step, calls = gan.GAN.generator_step, []
+    def failing(self, batch, ctx):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("simulated failure on rank 1")
+        return _step(self, batch, ctx)
+    gan.GAN.generator_step = failing
+'''
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_the_job_with_its_one_error_not_a_hang(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(FAIL_ON_RANK1)  # runs in each worker at start-up
+    p = torchrun(["trainer.max_steps=100000"], tmp_path / "out",
+                 env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{site}", "OMP_NUM_THREADS": "1",
+                      "GENLAB_OUTPUTS": str(tmp_path / "out")})
+    out = finish(p, timeout=240)
+    assert p.returncode != 0
+    assert out.count("RuntimeError: simulated failure on rank 1") == 1, out
+    assert "lost contact" not in out and "Connection closed by peer" not in out, out
+    assert "genlab: error" not in out, out

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 import torch
 import torch.distributed as tdist
@@ -247,19 +248,34 @@ def prepare_model(model, dist: Dist, tcfg) -> None:
                  f" (not {', '.join(skipped)}: the model opts out)" if skipped else "")
 
 
+# What a collective raises when a peer process died (gloo says so in a RuntimeError).
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
+
+
+def _lost_peer(e: BaseException) -> bool:
+    return isinstance(e, tdist.DistError) or (isinstance(e, RuntimeError) and any(m in str(e) for m in _LOST_PEER))
+
+
 @contextlib.contextmanager
 def quiet_failures(dist: Dist):
-    """Errors under torchrun: one line from rank 0; a lost peer ends this rank without a traceback."""
+    """Errors under torchrun are said once: a user error by rank 0, a crash by the rank that crashed.
+
+    When a peer dies, the others fail in their next collective and torchrun stops them with SIGTERM;
+    they leave quietly then, so the failing rank's error is the job's one error.
+    """
     try:
         yield
     except GenlabError:
         if dist.is_main:
             raise
         sys.exit(2)  # every rank meets the same user error; rank 0 says it once
-    except tdist.DistError as e:
-        if not dist.enabled:
+    except Exception as e:  # noqa: BLE001 - only a lost peer is handled here
+        if not (dist.enabled and _lost_peer(e)):
             raise
+        for _ in range(50):  # torchrun's SIGTERM to the survivors usually follows within a second
+            if dist._signal is not None:
+                sys.exit(1)
+            time.sleep(0.1)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"genlab: error: rank {dist.rank} lost contact with the other ranks (one failed or was stopped): "
-              f"{first[:200]}", file=sys.stderr)
+        print(f"genlab: error: rank {dist.rank} lost contact with the other ranks: {first[:200]}", file=sys.stderr)
         sys.exit(1)
