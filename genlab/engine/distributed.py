@@ -113,12 +113,14 @@ class Dist:
 
     # ---- stopping together ----------------------------------------------------------------------
     def catch_signals(self) -> None:
-        """SIGTERM/SIGINT only mark a stop; the ranks agree on it at the next step boundary."""
+        """SIGTERM/SIGINT only mark a stop; the ranks agree on it at the next step boundary.
+
+        Signals come in pairs here (Ctrl-C or SLURM reach torchrun and every worker, then torchrun
+        forwards its own), so a second one is not a reason to stop harder: torchrun kills a rank
+        that does not exit within its grace period.
+        """
         def mark(signum, frame):
-            if self._signal is not None:  # a second signal: stop now, whatever the other ranks do
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-            self._signal = signum
+            self._signal = self._signal or signum
 
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, mark)
