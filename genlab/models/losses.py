@@ -253,7 +253,7 @@ def typed_params(name: str, params) -> dict:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         first = str(e).strip().splitlines()[0]
-        raise ValueError(f"{key}: {first}" if key else first) from None
+        raise ValueError(f"loss_params.{key}: {first}" if key else f"loss_params: {first}") from None
 
 
 def loss_problem(name: str, params) -> str | None:
@@ -263,7 +263,8 @@ def loss_problem(name: str, params) -> str | None:
     try:
         build_loss(name, **(params or {}))
     except (ValueError, TypeError) as e:
-        return f"model.loss_params for loss {name}: {e}"
+        msg = str(e)
+        return f"model.{msg} (loss {name})" if msg.startswith("loss_params") else f"model.loss_params ({name}): {msg}"
     return None
 
 
