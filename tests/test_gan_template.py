@@ -19,6 +19,7 @@ from genlab.models.gan import GAN
 from genlab.models.losses import LOSSES, RelativisticAverage, build_loss, loss_problem
 from genlab.types import Batch, Spec, StepContext
 from tests.conftest import TINY, compose
+from tests.test_gan_family import Fixed
 
 DTYPE = torch.float64
 CTX = StepContext(0)
@@ -30,24 +31,12 @@ SMALL = ["model.generator.base_channels=8", "model.discriminator.base_channels=8
 IMAGES = Spec("image", (1, 28, 28), 10)
 
 
-class Fixed(nn.Module):
-    """A 'generator' that ignores its input and returns the batch `out`."""
+class Lookup2(nn.Module):
+    """A discriminator whose output at each of the two support points is a parameter."""
 
-    def __init__(self, out):
+    def __init__(self):
         super().__init__()
-        self.register_buffer("out", out)
-        self.w = nn.Parameter(torch.zeros((), dtype=DTYPE))
-
-    def forward(self, z, *args):
-        return self.out + 0 * self.w
-
-
-class Lookup(nn.Module):
-    """A discriminator whose output at each support point is a parameter."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values = nn.Parameter(values.clone())
+        self.values = nn.Parameter(torch.zeros(2, dtype=DTYPE))
 
     def forward(self, x):
         return self.values[torch.cdist(x.to(DTYPE), SUPPORT).argmin(1)]
@@ -58,7 +47,7 @@ def ragan_with_oracles(real_counts, fake_counts):
     model = GAN(OmegaConf.merge(OmegaConf.structured(GAN.Config), {"loss": "ragan"}), Spec("points", (1,)))
     real = SUPPORT[torch.repeat_interleave(torch.arange(2), torch.tensor(real_counts))]
     model.generator = Fixed(SUPPORT[torch.repeat_interleave(torch.arange(2), torch.tensor(fake_counts))])
-    model.discriminator = Lookup(torch.zeros(2, dtype=DTYPE))
+    model.discriminator = Lookup2()
     return model, Batch(real)
 
 
@@ -263,3 +252,22 @@ def test_no_code_outside_the_loss_table_compares_loss_names():
     hits = [f"{p.name}: {line.strip()}" for p in root.rglob("*.py") if p.name != "losses.py"
             for line in p.read_text().splitlines() if pattern.search(line)]
     assert not hits
+
+
+def test_resume_is_bit_identical_with_lazy_r1_and_a_relativistic_generator(tmp_path):
+    """RaGAN (G draws real data) with R1 every 2 steps, resumed at an odd step: the same weights."""
+    from genlab.commands.train import train
+
+    def run(steps, out, *extra):
+        over = ["model=ragan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *SMALL,
+                f"trainer.max_steps={steps}", "trainer.sample_every=0", "model.r1_weight=1", "model.r1_every=2",
+                *extra]
+        train(compose(over), tmp_path / out)
+        return torch.load(tmp_path / out / "checkpoints" / "last.pt", weights_only=True)
+
+    straight = run(6, "straight")
+    run(3, "first")
+    resumed = run(6, "resumed", f"trainer.resume={tmp_path / 'first'}")
+    assert straight["step"] == resumed["step"] == 6
+    for k, v in straight["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
