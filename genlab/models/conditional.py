@@ -108,7 +108,8 @@ def wrong_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 def discriminator_loss_with_wrong_labels(loss, d_real, d_fake, d_wrong, weight: float) -> torch.Tensor:
     """real as real; (1 - w) * fake-with-its-label + w * real-with-a-wrong-label as fake (GAN-CLS at w = 1/2).
 
-    Every loss in the table is a sum of a real and a fake term, so mixing two calls mixes only the fake terms.
+    For a loss that is a sum of a real and a fake term (all but the relativistic ones), mixing two calls
+    mixes only the fake terms; for RaGAN it mixes the two relativistic games.
     """
     if weight == 0 or d_wrong is None:
         return loss.discriminator(d_real, d_fake)
@@ -167,7 +168,7 @@ class ConditionalGAN(GAN):
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch):
         extra, logs = 0.0, {}
         if self.cfg.wrong_label_weight > 0:
-            # GAN-CLS: real images with wrong labels replace a share w of the fakes (only the fake side mixes)
+            # GAN-CLS: real images with wrong labels replace a share w of the fakes
             d_wrong, _ = self.discriminator(real.x, wrong_labels(real.cond, self.num_classes))
             w = self.cfg.wrong_label_weight
             wrong = self.loss.discriminator(real.d, d_wrong)
