@@ -60,7 +60,7 @@ def test_channels_last_trains_dcgan_like_contiguous(mnist_root, tmp_path):
 
 def test_channels_last_converts_the_networks_and_batches():
     from genlab.engine import distributed
-    from genlab.models.base import Batch
+    from genlab.types import Batch
     from omegaconf import OmegaConf
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1))

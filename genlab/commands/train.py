@@ -77,7 +77,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
     last = trainer.fit(model, data, resume=state, resume_path=path)
     if trainer.stopped_by:
         log.info("stopped by signal %d at step %d; checkpoint %s; continue with trainer.resume=%s",
-                    trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt", run_dir)
+                 trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt", run_dir)
         sys.exit(128 + trainer.stopped_by)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     return last
@@ -85,10 +85,10 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
 
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
-    from genlab.metrics import featurenet as fnet
+    from genlab import data as data_lib
     from genlab.metrics.evaluator import Evaluator
 
-    fd = fnet.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
+    fd = data_lib.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
     metrics = list(cfg.trainer.eval_metrics) if cfg.trainer.eval_metrics else None
     return Evaluator(data, metrics=metrics, num_samples=int(cfg.trainer.eval_samples), seed=int(cfg.seed),
                      featurenet_data=fd)

@@ -141,7 +141,7 @@ class Dist:
 
 def init(device_name: str) -> Dist:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU); outside torchrun, a world of one."""
-    from genlab.engine.trainer import resolve_device
+    from genlab.device import resolve_device
 
     if not launched():
         return Dist(resolve_device(device_name))
@@ -221,7 +221,7 @@ class StepRunner:
                         for k, m in model.networks().items()}
 
     def __call__(self, key: str, fn, batch, ctx):
-        if self.channels_last and batch.x.dim() == 4:
+        if self.channels_last and batch.x is not None and batch.x.dim() == 4:
             batch.x = batch.x.contiguous(memory_format=torch.channels_last)
         if key in self.ddp:
             return self.ddp[key](fn, batch, ctx)
