@@ -128,7 +128,7 @@ def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patc
     assert_ranks_identical(tmp_path / "two")
     # Every rank's RNG and sampler state is in the checkpoint; the ranks share one global permutation.
     assert len(two["ranks"]) == 2
-    reps = 3 * (2 + 1) if name.startswith("wgan") else 3
+    reps = 3 * 2 if name.startswith("wgan") else 3  # data draws: 2 critic steps per step (G needs none)
     assert [r["data"]["pos"] for r in two["ranks"]] == [reps * 16, reps * 16] == [one["data"]["pos"]] * 2
     assert not torch.equal(two["ranks"][0]["rng"]["torch"], two["ranks"][1]["rng"]["torch"])
 

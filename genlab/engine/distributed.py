@@ -75,14 +75,6 @@ class Dist:
         mean = dict(zip(keys, (t / self.world).tolist()))
         return {k: mean[k] for k in scalars}
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when it is True on any rank (an all-reduce MAX)."""
-        if not self.enabled:
-            return bool(flag)
-        t = torch.tensor([int(bool(flag))], device=self.device)
-        tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return bool(t.item())
-
     def broadcast(self, obj):
         """Rank 0's object on every rank."""
         if not self.enabled:
