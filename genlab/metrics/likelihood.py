@@ -13,9 +13,13 @@ import math
 
 import torch
 
+from genlab.pixels import PIXEL_BIN, from_levels, to_levels
+
+__all__ = ["LOG2", "PIXEL_BIN", "bits_per_dim", "dequantization_nats", "dequantize", "dequantize_pixels",
+           "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd", "nats_to_bits_per_dim",
+           "to_levels"]
+
 LOG2 = math.log(2)
-#: the width of one of the 256 levels of an 8-bit image in [-1, 1]
-PIXEL_BIN = 1.0 / 127.5
 
 
 def nats_to_bits_per_dim(nll_nats, num_dims: int):
@@ -41,13 +45,6 @@ def logmeanexp(x: torch.Tensor, dim: int | None = None, keepdim: bool = False) -
     return torch.logsumexp(x, dim, keepdim=keepdim) - math.log(x.shape[dim])
 
 
-def to_levels(x: torch.Tensor, n_bits: int = 8) -> torch.Tensor:
-    """Map images in [-1, 1] (8-bit grid) to integer levels 0 .. 2^n_bits - 1 (as floats)."""
-    x8 = torch.round((x.clamp(-1, 1) + 1) * 127.5)
-    # Fewer bits (Glow's 5-bit CelebA) drop the low bits of the 8-bit value.
-    return torch.floor(x8 / 2 ** (8 - n_bits))
-
-
 def dequantize(x: torch.Tensor, n_bits: int = 8, generator: torch.Generator | None = None) -> torch.Tensor:
     """Uniform dequantisation of integer levels x in 0..2^n_bits-1: y = (x + u) / 2^n_bits in [0, 1)."""
     if not x.is_floating_point():
@@ -60,7 +57,7 @@ def dequantize(x: torch.Tensor, n_bits: int = 8, generator: torch.Generator | No
 def dequantize_pixels(x: torch.Tensor) -> torch.Tensor:
     """8-bit images in [-1, 1] plus uniform noise inside each pixel's bin of width PIXEL_BIN (same scale)."""
     levels = to_levels(x, 8)
-    return (levels + torch.rand_like(levels)) * PIXEL_BIN - 1
+    return from_levels(levels + torch.rand_like(levels), levels.dtype)
 
 
 def dequantization_nats(num_dims: int, n_bits: int = 8) -> float:
