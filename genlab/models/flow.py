@@ -48,8 +48,8 @@ class Flow(LikelihoodModel):
             return f"model.kind must be one of {', '.join(F.FLOWS)}, got {cfg.kind}"
         if not 1 <= cfg.n_bits <= 8:
             return f"model.n_bits must be in 1..8, got {cfg.n_bits}"
-        if cfg.norm not in ("actnorm", "none"):
-            return f"model.norm must be actnorm or none, got {cfg.norm}"
+        if cfg.norm not in F.NORMS:
+            return f"model.norm must be one of {', '.join(F.NORMS)}, got {cfg.norm}"
         if cfg.temperature < 0:
             return f"model.temperature must be >= 0, got {cfg.temperature}"
         if cfg.eval_limit < 1:

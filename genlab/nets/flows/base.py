@@ -3,8 +3,8 @@ architecture with factor-out (RealNVP, Glow), each with a standard normal prior;
 transform that maps dequantised images in [0, 1) to the real line.
 
 Contract. Every layer is an `nn.Module` with `forward(x) -> (z, logdet)` and `inverse(z) -> x`, where
-`logdet` has shape (N,) and is log|det dz/dx| for each example; a layer that changes the shape says
-how with `out_shape(shape)`. The dequantisation that turns 8-bit images into a density problem, and
+`logdet` has shape (N,) and is log|det dz/dx| for each example; every layer is a FlowLayer, whose
+`out_shape(shape)` says how it changes an example's shape (squeeze does). The dequantisation that turns 8-bit images into a density problem, and
 the bits/dim bookkeeping, live in genlab/metrics/likelihood.py (see models/flow.py for the chain).
 """
 
@@ -37,6 +37,14 @@ def inverse_logit_transform(z: torch.Tensor, alpha: float = 0.05) -> torch.Tenso
     return (torch.sigmoid(z) - alpha) / (1 - 2 * alpha)
 
 
+class FlowLayer(nn.Module):
+    """A bijection: forward(x) -> (z, log|det dz/dx| per example), inverse(z) -> x, and the shape of z."""
+
+    def out_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one example after this layer (most layers keep it)."""
+        return tuple(shape)
+
+
 class _Prior(nn.Module):
     """log p(x) and sampling for a flow with a standard normal prior on its flat latent."""
 
@@ -67,7 +75,7 @@ class _Prior(nn.Module):
 class ChainFlow(_Prior):
     """Layers applied in turn to the flattened input (N, D); inverse returns the input's shape."""
 
-    def __init__(self, shape, layers: list[nn.Module]):
+    def __init__(self, shape, layers: list[FlowLayer]):
         super().__init__()
         self.shape = tuple(shape)
         self.layers = nn.ModuleList(layers)
@@ -93,7 +101,7 @@ class MultiScaleFlow(_Prior):
     but the last, half the channels are factored out as that scale's latent. Build one with
     genlab.nets.flows.build_flow('realnvp' | 'glow', shape, ...)."""
 
-    def __init__(self, shape: tuple[int, int, int], scales: list[list[nn.Module]]):
+    def __init__(self, shape: tuple[int, int, int], scales: list[list[FlowLayer]]):
         super().__init__()
         self.shape, self.n_scales = tuple(shape), len(scales)
         self.scales = nn.ModuleList(nn.ModuleList(layers) for layers in scales)
@@ -101,8 +109,7 @@ class MultiScaleFlow(_Prior):
         c, h, w = self.shape
         for k, layers in enumerate(self.scales):
             for layer in layers:
-                if hasattr(layer, "out_shape"):
-                    c, h, w = layer.out_shape((c, h, w))
+                c, h, w = layer.out_shape((c, h, w))
             if k == self.n_scales - 1:
                 self.z_shapes.append((c, h, w))
             else:

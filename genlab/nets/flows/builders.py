@@ -29,6 +29,8 @@ class FlowBuilder:
 
 
 FLOWS: dict[str, FlowBuilder] = {}
+#: what follows each RealNVP coupling (model.norm)
+NORMS: dict[str, Callable[[int], list[nn.Module]]] = {"none": lambda c: [], "actnorm": lambda c: [ActNorm(c)]}
 
 
 def register(name: str, squeezes=None, min_last_pixels: int = 1):
@@ -102,12 +104,11 @@ def realnvp(shape, n_scales=2, steps_per_scale=3, hidden=64, n_blocks=2, norm="n
     at test time, so the NLL is exact). Vectors: n_layers alternating-mask couplings."""
     if len(shape) == 1:
         return VectorFlow(shape[0], n_layers, hidden, n_blocks)
-    if norm not in ("none", "actnorm"):
-        raise ValueError(f"realnvp norm must be 'none' or 'actnorm', got {norm!r}")
+    if norm not in NORMS:
+        raise ValueError(f"realnvp norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}")
 
     def coupling(channels, mask, parity):
-        layer = AffineCoupling(channels, mask, parity, hidden, n_blocks, "tanh")
-        return [layer, ActNorm(channels)] if norm == "actnorm" else [layer]
+        return [AffineCoupling(channels, mask, parity, hidden, n_blocks, "tanh"), *NORMS[norm](channels)]
 
     c = shape[0]
     scales = []

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nets.flows.base import FlowLayer
+
 
 class _ConvResNet(nn.Module):
     """Coupling conditioner for images: conv in, residual blocks, zero-initialised conv out."""
@@ -161,7 +163,7 @@ class _AdditiveRule:
 RULES = {"tanh": _TanhRule, "sigmoid": _SigmoidRule, "additive": _AdditiveRule}
 
 
-class AffineCoupling(nn.Module):
+class AffineCoupling(FlowLayer):
     """A coupling: half the input is kept, the other half is shifted (and scaled) given it.
 
     mask='checkerboard' or 'channel' for images (N, C, H, W), 'alternate' for vectors (N, D); parity

@@ -7,8 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genlab.nets.flows.base import FlowLayer
 
-class ActNorm(nn.Module):
+
+class ActNorm(FlowLayer):
     """Glow's per-channel affine z = (x + loc) * exp(log_scale), initialised from the first training batch.
 
     The first forward in training mode sets loc and log_scale so that the batch's output has zero mean
@@ -56,7 +58,7 @@ class ActNorm(nn.Module):
         return z * (-self._view(self.log_scale, z)).exp() - self._view(self.loc, z)
 
 
-class InvConv1x1(nn.Module):
+class InvConv1x1(FlowLayer):
     """Glow's invertible 1x1 convolution, optionally LU-parametrised: W = P L (U + diag(sign * exp(log_s))).
 
     P is a fixed permutation, L unit lower triangular, U strictly upper triangular; the diagonal is
@@ -119,7 +121,7 @@ class InvConv1x1(nn.Module):
         return self._mix(u_inv @ l_inv @ self.perm.T, z)
 
 
-class Squeeze(nn.Module):
+class Squeeze(FlowLayer):
     """Space-to-depth: (N, C, H, W) -> (N, 4C, H/2, W/2); each 2x2 patch becomes 4 channels. logdet 0."""
 
     def forward(self, x):
@@ -135,14 +137,13 @@ class Squeeze(nn.Module):
         n, c, h, w = z.shape
         return z.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // 4, 2 * h, 2 * w)
 
-    @staticmethod
-    def out_shape(shape):
+    def out_shape(self, shape):
         """(C, H, W) -> (4C, H/2, W/2)."""
         c, h, w = shape
         return 4 * c, h // 2, w // 2
 
 
-class DiagonalScaling(nn.Module):
+class DiagonalScaling(FlowLayer):
     """NICE's last layer: z = x * exp(s) with one learned log-scale per dimension, log|det| = sum(s).
 
     Additive couplings preserve volume, so this is where a NICE flow changes density at all; it
