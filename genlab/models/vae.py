@@ -254,9 +254,8 @@ class VAE(LikelihoodModel):
         return {**super().report(terms), "active_units": float(active_units(terms["mu"]))}
 
     def protocol(self, data, n: int) -> dict:
-        """How the numbers were measured: the data's binarisation, the decoder, k, and how many test examples."""
-        return {"binarize": getattr(data, "binarize", None) or "none", "decoder": self.dist,
-                "eval_k": self.cfg.eval_k, "eval_images": n}
+        """The template's protocol plus the decoder and k."""
+        return {**super().protocol(data, n), "decoder": self.dist, "eval_k": self.cfg.eval_k}
 
     # ---- sampling and pictures ----------------------------------------------------------------
     def mean_image(self, out: torch.Tensor) -> torch.Tensor:
