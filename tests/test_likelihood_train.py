@@ -132,15 +132,21 @@ def test_cli_refuses_bernoulli_on_grey_images(mnist_root, tmp_path):
 @pytest.mark.slow
 def test_realnvp_with_actnorm_keeps_improving_over_300_steps(mnist_root, tmp_path):
     """The nets author's smoke run (300 steps on toy images) saw bits/dim go back up without
-    normalisation between couplings; with ActNorm the held-out bits/dim must keep falling."""
+    normalisation between couplings; with ActNorm the held-out bits/dim must keep falling.
+
+    The evaluation's noise is fixed (likelihood.EVAL_SEED), so successive evaluations differ by the
+    model only; what is left is SGD's own wobble (one 50-step interval once rose by 0.02), so the
+    checks compare trends with margins it cannot cross rather than every pair of evaluations."""
     over = ["model=realnvp", "model.norm=actnorm", "model.hidden=32", "model.n_blocks=1", "trainer.batch_size=16",
             "trainer.sample_every=0", "trainer.checkpoint_every=0", "trainer.log_every=50"]
     train(compose(["dataset=mnist", f"dataset.root={mnist_root}", *TINY, *over, "trainer.max_steps=300",
                    "trainer.eval_every=50"]), tmp_path / "run")
     bpd = [h["test_bits_per_dim"] for h in _history(tmp_path / "run")]
     assert len(bpd) == 6
-    assert all(b <= a + 0.02 for a, b in zip(bpd, bpd[1:])), bpd
-    assert bpd[-1] < bpd[0] - 0.1, bpd
+    assert bpd[-1] < bpd[0] - 0.1, bpd  # it learns
+    assert sum(bpd[3:]) / 3 < sum(bpd[:3]) / 3 - 0.1, bpd  # the last 150 steps beat the first 150
+    assert bpd[-1] <= min(bpd) + 0.03, bpd  # still at its best at the end: no rebound
+    assert all(b <= a + 0.05 for a, b in zip(bpd, bpd[1:])), bpd  # no interval goes back up by more than noise
 
 
 def test_genlab_eval_reports_a_vae_nll_with_its_protocol(tmp_path):
