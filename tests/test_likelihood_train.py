@@ -144,7 +144,7 @@ def test_realnvp_with_actnorm_keeps_improving_over_300_steps(mnist_root, tmp_pat
     bpd = [h["test_bits_per_dim"] for h in _history(tmp_path / "run")]
     assert len(bpd) == 6
     assert bpd[-1] < bpd[0] - 0.1, bpd  # it learns
-    assert sum(bpd[3:]) / 3 < sum(bpd[:3]) / 3 - 0.1, bpd  # the last 150 steps beat the first 150
+    assert sum(bpd[3:]) / 3 < sum(bpd[:3]) / 3 - 0.05, bpd  # the last 150 steps beat the first 150
     assert bpd[-1] <= min(bpd) + 0.03, bpd  # still at its best at the end: no rebound
     assert all(b <= a + 0.05 for a, b in zip(bpd, bpd[1:])), bpd  # no interval goes back up by more than noise
 
