@@ -37,15 +37,35 @@ def usage() -> str:
 
 
 def fail(msg: str) -> None:
-    print(f"genlab: error: {msg}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same mistake: say it once
+        print(f"genlab: error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def rank_flags(multirun: bool) -> list[str]:
+    """Under torchrun, ranks > 0 leave the run folder to rank 0: Hydra gets a throwaway folder and no .hydra/."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    if multirun:
+        fail("-m (multirun) does not run under torchrun; start one torchrun per run "
+             "(or sweep with a launcher whose jobs call torchrun)")
+    if os.environ.get("RANK", "0") == "0":
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="genlab-rank")
+    atexit.register(shutil.rmtree, scratch, True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
 
 
 def group_options(group: str) -> list[str]:
     """The YAML options of a config group shipped in genlab.configs."""
     try:
         d = resources.files("genlab.configs") / group
-        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+        # Names starting with "_" are bases other options compose (e.g. model/_gan_base), not options.
+        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
     except (FileNotFoundError, NotADirectoryError):
         return []
 
@@ -203,6 +223,8 @@ def main(argv: list[str] | None = None) -> None:
         if name in ("sample", "eval") and not any(_key(o) == "run" for o in overrides):
             fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
         precheck(name, overrides, multirun)
+    if name == "train" and not info:
+        overrides = overrides + rank_flags(multirun)
     sys.argv = [f"genlab-{name}", *flags, *overrides]
     if info:  # --help, --cfg, ...: Hydra answers from the config alone, without torch (a quick CLI)
         info_app(name)()

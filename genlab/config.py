@@ -15,7 +15,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genlab.data.schema import DatasetConfig
 from genlab.errors import GenlabError
+
+__all__ = ["DatasetConfig", "TrainConfig", "build_model", "model_class", "register_configs", "typed_model_config",
+           "validate"]
 
 
 @dataclass
@@ -43,28 +47,9 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "mnist"
-    _target_: str = "genlab.data.images.torchvision_dataset"
-    root: str = "data"
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
-    download: bool = True
-    classes: Optional[list[int]] = None
-    binarize: Optional[str] = None
-    limit: Optional[int] = None
-    path: Optional[str] = None
-    test_fraction: float = 0.1
-    n_train: int = 100000
-    n_test: int = 10000
-    extra: dict[str, Any] = field(default_factory=dict)
-    # unpaired two-domain data (CycleGAN): each a dataset node, e.g. {name: fashion_mnist, classes: [7]}
-    # or {path: /data/horse2zebra/trainA}; keys not given are taken from this node
-    domain_a: Optional[dict[str, Any]] = None
-    domain_b: Optional[dict[str, Any]] = None
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -127,6 +112,11 @@ def typed_model_config(cfg: DictConfig) -> DictConfig:
         raise GenlabError(f"model.{_omegaconf_message(e)}") from None
 
 
+def build_model(cfg: DictConfig, spec):
+    """The model named by cfg.model._target_, with its typed config, sized for `spec`."""
+    return model_class(cfg)(typed_model_config(cfg), spec)
+
+
 def _omegaconf_message(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None) or ""
     first = str(e).strip().splitlines()[0]
@@ -159,6 +149,8 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"trainer.slow_sample_images must be >= 0 (0 = no grids for slow samplers), got {t.slow_sample_images}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
+    _check(not (t.sync_batchnorm and str(t.device) == "cpu"),
+           "trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it false on CPU")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None

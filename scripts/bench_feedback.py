@@ -210,7 +210,6 @@ def bare_loop(model, data, cfg, steps: int) -> float:
             p.requires_grad_(False)
         for p in G.parameters():
             p.requires_grad_(True)
-        data.next(bs)  # the Trainer draws a batch for the generator step too
         loss = -D(G(torch.randn(bs, z_dim))).mean()
         opt_g.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,15 +3,29 @@ without loading anything (so configs are validated before data is read)."""
 
 from __future__ import annotations
 
-from hydra.utils import get_method
+from typing import TYPE_CHECKING
 
-from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
 
-__all__ = ["Data", "Spec", "build", "expected_spec"]
+if TYPE_CHECKING:
+    from genlab.data.base import Data, Spec
+
+__all__ = ["Data", "Spec", "build", "expected_spec", "full_dataset"]
+
+
+def __getattr__(name: str):
+    # Data and Spec load torch: imported on first use, so that the config schemas (genlab.data.schema)
+    # do not make `genlab train --help` import torch.
+    if name in ("Data", "Spec"):
+        from genlab.data import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module 'genlab.data' has no attribute {name!r}")
 
 
 def _loader(cfg):
+    from hydra.utils import get_method
+
     try:
         return get_method(cfg._target_)
     except Exception as e:  # noqa: BLE001
@@ -27,3 +41,16 @@ def expected_spec(cfg) -> Spec:
     """The Spec a dataset config will produce (a loader declares it via its `spec` attribute)."""
     fn = _loader(cfg)
     return fn.spec(cfg)
+
+
+def full_dataset(dataset_cfg, data=None) -> Data:
+    """The labelled dataset a feature network trains on: the whole of it (no dataset.limit/classes),
+    so that runs trained on subsets are still scored by the same network; `data` is reused if it
+    already is the whole dataset."""
+    from omegaconf import OmegaConf
+
+    if data is not None and dataset_cfg.get("limit") is None and dataset_cfg.get("classes") is None:
+        return data
+    cfg = OmegaConf.create(OmegaConf.to_container(dataset_cfg, resolve=True))
+    cfg.limit, cfg.classes = None, None
+    return build(cfg, "cpu")

@@ -18,28 +18,15 @@ import torch
 from omegaconf import OmegaConf
 
 from genlab import __version__
+from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
+from genlab.engine import distributed
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
+from genlab.types import Batch
 
 log = logging.getLogger("genlab")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; an unavailable cuda is a user error."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GenlabError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
-        idx = torch.device(name).index or 0
-        if idx >= torch.cuda.device_count():
-            raise GenlabError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GenlabError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
-    return torch.device(name)
 
 
 def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
@@ -73,11 +60,12 @@ def _side_effect_free(model: torch.nn.Module, device: torch.device):
 class Trainer:
     """Fits a Model to Data under a trainer config, writing everything into run_dir."""
 
-    def __init__(self, cfg, run_dir: Path, evaluator=None):
+    def __init__(self, cfg, run_dir: Path, evaluator=None, dist: distributed.Dist | None = None):
         self.cfg = cfg
         self.tcfg = cfg.trainer
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(self.tcfg.device)
+        self.dist = dist or distributed.Dist(resolve_device(self.tcfg.device))
+        self.device = self.dist.device
         self.precision = Precision(str(self.tcfg.precision), self.device)
         self.step = 0
         self.evaluator = evaluator
@@ -85,11 +73,14 @@ class Trainer:
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
+        self.stopped_by: int | None = None  # the signal that ended training early
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
         self.model = model.to(self.device)
         self.data = data
+        distributed.prepare_model(model, self.dist, self.tcfg)
+        data.shard(self.dist.rank, self.dist.world)
         self.schedule = model.schedule()
         nets = model.networks()
         self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
@@ -97,6 +88,8 @@ class Trainer:
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
+        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
         if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
@@ -121,23 +114,30 @@ class Trainer:
             **self.meta,
         }
 
+    def _rank_states(self) -> list[dict]:
+        # A collective: every rank calls it at the same step, so each rank's RNG and sampler resume exactly.
+        return self.dist.gather({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
+
     def load_state_dict(self, state: dict, path) -> None:
         ckpt.load_model_state(self.model, state["model"], path)
         try:
             for k, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
             self.precision.load_state_dict(state.get("scalers", {}))
-            self.data.load_state_dict(state["data"])
+            mine = distributed.own_state(state, self.dist)
+            self.data.load_state_dict(mine["data"])
             self.step = int(state["step"])
             self.best = state.get("best")
-            ckpt.set_rng_state(state["rng"])
+            ckpt.set_rng_state(mine["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
                               "resume with the same model, optimizer and dataset settings") from None
 
     def save(self, name: str = "last") -> Path:
         path = self.run_dir / "checkpoints" / f"{name}.pt"
-        ckpt.save(self.state_dict(), path)
+        ranks = self._rank_states()
+        if self.dist.is_main:
+            ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
         return path
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -149,15 +149,18 @@ class Trainer:
             log.info("resumed from %s at step %d", resume_path, self.step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
-        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         t = self.tcfg
         last: dict = {}
         try:
             last = self._loop(t)
         except KeyboardInterrupt:
+            if self.dist.enabled:  # the other ranks are elsewhere: a collective save could hang
+                raise
             path = self.save()
             log.warning("interrupted at step %d; checkpoint written to %s", self.step, path)
             raise
@@ -168,7 +171,7 @@ class Trainer:
     def _loop(self, t) -> dict:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and self.dist.is_main), dynamic_ncols=True,
                    desc="train", unit="step")
         window = WindowMeans()
         last: dict = {}
@@ -178,11 +181,13 @@ class Trainer:
         while self.step < t.max_steps:
             log_now = t.log_every and (self.step + 1) % t.log_every == 0
             for s in self.schedule:
+                if not s.due(self.step):
+                    continue
                 self._train_only(s.optimizer)
                 for _ in range(s.repeat):
-                    batch = self.data.next(t.batch_size)
+                    batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
                     with self.precision.autocast():
-                        loss, logs = s.fn(batch, self.precision.context(self.step, s.optimizer))
+                        loss, logs = self.run_step(s.optimizer, s.fn, batch, self.precision.context(self.step, s.optimizer))
                     norm = self.precision.backward_and_step(
                         loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
                         t.grad_clip, need_norm=bool(log_now))
@@ -202,6 +207,7 @@ class Trainer:
                 last = window.means()  # 0/0 = nan: never finite
                 last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
+                last = self.dist.mean(last)
                 self._check_finite(last)
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
@@ -212,8 +218,14 @@ class Trainer:
                 self.run_eval()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
+            self.stopped_by = self.dist.stop_requested()
+            if self.stopped_by:
+                log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
+                break
         bar.close()
         self.save()
+        if self.stopped_by:
+            return last
         if t.sample_every and self.step % t.sample_every != 0:
             self.log_images()
         if t.eval_every and self.step % t.eval_every != 0:
@@ -257,6 +269,8 @@ class Trainer:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
         from genlab import viz
 
+        if not self.dist.is_main:
+            return
         fixed = dict(self.fixed)
         cap = self.tcfg.get("slow_sample_images")
         if self.model.slow_sampling and cap is not None:
@@ -274,11 +288,10 @@ class Trainer:
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
         t0 = time.perf_counter()
-        with _side_effect_free(self.model, self.device):
-            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
-                                               k=self.tcfg.get("eval_nll_k")))
-            if self.evaluator is not None:
-                metrics.update(self.evaluator(self.model, self.data, self.step))
+        metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
+        if not self.dist.is_main:
+            self.keep_best(metrics)  # best.pt's save is a collective every rank joins
+            return metrics
         seconds = time.perf_counter() - t0
         self.eval_seconds += seconds
         self.writer.add_scalar("perf/eval_seconds", seconds, self.step)
@@ -293,6 +306,14 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
+        return metrics
+
+    def _evaluate(self) -> dict:
+        with _side_effect_free(self.model, self.device):
+            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
+                                               k=self.tcfg.get("eval_nll_k")))
+            if self.evaluator is not None:
+                metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
 
     def keep_best(self, metrics: dict) -> bool:
