@@ -158,6 +158,9 @@ def test_default_threads_use_idle_cores_and_one_for_points(monkeypatch):
     monkeypatch.setattr(threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
     assert threads.default_threads("image") == 1
     assert threads.default_threads("points") == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 processes share the 16 cores
+    assert threads.default_threads("image") == 4
 
 
 # ---- the loop's log window -----------------------------------------------------------------------

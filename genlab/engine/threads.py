@@ -28,4 +28,6 @@ def default_threads(kind: str) -> int:
         load = os.getloadavg()[0]
     except (OSError, AttributeError):  # no load average on this platform
         load = 0.0
-    return max(1, min(MAX_DEFAULT_THREADS, usable_cores() - int(round(load))))
+    # Under torchrun, the processes of one machine share its idle cores.
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(MAX_DEFAULT_THREADS, (usable_cores() - int(round(load))) // local))
