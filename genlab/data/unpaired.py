@@ -104,3 +104,13 @@ def _spec(cfg) -> Spec:
 
 
 unpaired.spec = _spec
+
+
+def _check(cfg) -> None:
+    from genlab.data import check
+
+    for key in ("domain_a", "domain_b"):
+        check(domain_config(cfg, key))
+
+
+unpaired.check = _check
