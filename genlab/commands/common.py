@@ -38,7 +38,7 @@ def user_errors():
               file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        print("\ngenlab: interrupted", file=sys.stderr)
+        print("genlab: interrupted", file=sys.stderr)
         sys.exit(signals.EXIT_CODES.get(signals.requested_signal(), 130))
 
 

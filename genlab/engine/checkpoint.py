@@ -13,7 +13,6 @@ import pickle
 import random
 import uuid
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +51,7 @@ def _tuples(x):
 
 
 TMP_GLOB = "*.pt.*.tmp"
+NOT_OURS = "it is corrupt, truncated or not a genlab checkpoint; use checkpoints/last.pt of a genlab run"
 
 
 def save(state: dict, path: Path) -> None:
@@ -115,19 +115,18 @@ def load(path: Path) -> dict:
         with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: noise around our one line
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise GenlabError(f"cannot read checkpoint {path}: {os_cause(e)}") from None
     except pickle.UnpicklingError as e:
-        if "GLOBAL" not in str(e):
-            raise GenlabError(f"cannot read checkpoint {path}: not a genlab checkpoint; "
-                              "use checkpoints/last.pt of a genlab run") from None
-        # weights_only refused a global (a class or function): the file holds more than tensors.
-        what = _refused_global(str(e))
-        raise GenlabError(f"checkpoint {path} contains objects other than tensors{what}: refused "
-                          "(genlab never runs code from a checkpoint); use a checkpoint written by genlab") from None
+        if "GLOBAL" in str(e):
+            # weights_only refused a global (a class or function): the file holds more than tensors.
+            raise GenlabError(f"checkpoint {path} contains objects other than tensors{_refused_global(str(e))}: "
+                              "refused (genlab never runs code from a checkpoint); use a checkpoint written by genlab") from None
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR, errno.EIO, errno.ENOTDIR):
+            raise GenlabError(f"cannot read checkpoint {path}: {os_cause(e)}") from None
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
     except Exception:  # noqa: BLE001 - a foreign or truncated file fails in many ways
-        kind = "truncated or corrupt" if zipfile.is_zipfile(path) else "not a genlab checkpoint"
-        raise GenlabError(f"cannot read checkpoint {path}: {kind}; use checkpoints/last.pt of a genlab run") from None
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
         raise GenlabError(f"{path} is not a genlab checkpoint (no model state in it)")
     return state
