@@ -172,15 +172,17 @@ def precheck(command: str, overrides: list[str], multirun: bool) -> None:
                 cfg = compose(config_name=command, overrides=combo, return_hydra_config=True)
         except Exception as e:  # noqa: BLE001 - Hydra raises several kinds
             fail(f"invalid config: {describe(e)}")
-        if command == "train":
-            from genlab.commands.preflight import Preflight
+        from genlab.commands import preflight
 
-            flight = flight or Preflight(multirun)
-            try:
+        try:
+            if command == "train":
+                flight = flight or preflight.Preflight(multirun)
                 validate(cfg)
                 flight.train(cfg)
-            except GenlabError as e:
-                fail(str(e))
+            else:
+                preflight.check_counts(command, cfg)
+        except GenlabError as e:
+            fail(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:

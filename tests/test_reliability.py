@@ -18,7 +18,7 @@ from genlab.commands.train import train
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import signals
 from genlab.errors import GenlabError
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, assert_same_state, compose
 
 TOY = ["model=gan", "dataset=grid25", "trainer=debug", "trainer.progress=false", "trainer.num_threads=1",
        "trainer.sample_every=0", "trainer.log_every=10", "dataset.n_train=2000", "dataset.n_test=200"]
@@ -52,17 +52,6 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def _same_state(a: dict, b: dict) -> None:
-    assert a["step"] == b["step"]
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for key in a["optimizers"]:
-        sa, sb = a["optimizers"][key]["state"], b["optimizers"][key]["state"]
-        for i in sa:
-            for name in sa[i]:
-                assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), (key, i, name)
-
-
 @pytest.mark.slow  # three runs in subprocesses
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_stop_signal_finishes_the_step_and_resume_is_bit_identical(sig, code, tmp_path):
@@ -89,7 +78,7 @@ def test_stop_signal_finishes_the_step_and_resume_is_bit_identical(sig, code, tm
     a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
     assert a["step"] == n + 3
-    _same_state(a, b)
+    assert_same_state(a, b)
 
 
 @pytest.mark.slow

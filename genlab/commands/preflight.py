@@ -35,6 +35,7 @@ class Preflight:
         from genlab.engine.trainer import resolve_device
 
         resolve_device(cfg.trainer.device)
+        check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every else None)
         if self._once("optimizer:" + OmegaConf.to_yaml(cfg.optimizer, resolve=True)):
             check_optimizer(cfg.optimizer)
         if self._once("dataset:" + OmegaConf.to_yaml(cfg.dataset, resolve=True)):
@@ -55,6 +56,34 @@ class Preflight:
             return
         if folder and self._once("out:" + str(folder)):
             check_writable(folder, key, folder=True)
+
+
+def check_metrics(metrics) -> None:
+    """Every requested metric name exists."""
+    from genlab.metrics.evaluator import GROUPS
+
+    unknown = [m for m in (metrics or []) if m not in GROUPS]
+    if unknown:
+        raise GenlabError(f"unknown metric {unknown[0]}; choose from {', '.join(GROUPS)}")
+
+
+# Settings of `genlab sample` / `genlab eval` that must be whole numbers (>= the bound); None = optional.
+COUNTS = {
+    "sample": {"num_samples": 1, "batch_size": 1, "nrow": 1, "steps": 2, "seed": None},
+    "eval": {"num_samples": 2, "batch_size": 1, "seed": None},
+}
+
+
+def check_counts(command: str, cfg: DictConfig) -> None:
+    """Counts given to sample/eval (which have no typed schema) are integers within bounds."""
+    for key, low in COUNTS.get(command, {}).items():
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise GenlabError(f"{key} must be a whole number, got {v!r}")
+        if low is not None and v < low:
+            raise GenlabError(f"{key} must be >= {low}, got {v}")
 
 
 def check_optimizer(opt_cfg) -> None:

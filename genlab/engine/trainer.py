@@ -43,7 +43,10 @@ def resolve_device(name: str) -> torch.device:
             raise GenlabError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
     if name == "mps" and not torch.backends.mps.is_available():
         raise GenlabError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GenlabError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None
 
 
 def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
@@ -268,9 +271,10 @@ class Trainer:
             return
         bad = int(self._bad_step)
         if bad != _NEVER:
-            raise GenlabError(f"the loss became nan/inf at step {bad}; training diverged. Lower optimizer.lr, "
-                              "use trainer.precision=32 or set trainer.grad_clip (checkpoints/ keeps the last "
-                              "checkpoint written before that step)")
+            hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
+            raise GenlabError(f"the loss became nan/inf at step {bad}; training diverged. Lower optimizer.lr{hint} "
+                              "or set trainer.grad_clip (checkpoints/ keeps the last checkpoint written before "
+                              "that step)")
 
     def _check_finite(self, scalars: dict) -> None:
         if self.precision.mode == "16":
