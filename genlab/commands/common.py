@@ -19,8 +19,7 @@ log = logging.getLogger("genlab")
 
 @contextlib.contextmanager
 def user_errors():
-    """Inside a command: a GenlabError or a failed write becomes one 'genlab: error: ...' line and exit 2;
-    a stop signal ends with its exit status (130 SIGINT, 143 SIGTERM, 138 SIGUSR1: see engine/signals)."""
+    """A GenlabError or failed write becomes one 'genlab: error:' line, exit 2; a stop, its signal's status."""
     from genlab.engine import checkpoint as ckpt
     from genlab.engine import signals
 
