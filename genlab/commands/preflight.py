@@ -32,7 +32,7 @@ class Preflight:
     def train(self, cfg: DictConfig) -> None:
         """Raise GenlabError for the first thing that would stop this run after its folder exists."""
         from genlab import data
-        from genlab.engine.trainer import resolve_device
+        from genlab.device import resolve_device
 
         resolve_device(cfg.trainer.device)
         check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every else None)

@@ -8,7 +8,7 @@ from hydra.utils import get_method
 from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
 
-__all__ = ["Data", "Spec", "build", "check", "expected_spec"]
+__all__ = ["Data", "Spec", "build", "check", "expected_spec", "full_dataset"]
 
 
 def _loader(cfg):
@@ -34,3 +34,16 @@ def check(cfg) -> None:
 
     Cheap on purpose: files are found and headers verified, nothing is decoded."""
     _loader(cfg).check(cfg)
+
+
+def full_dataset(dataset_cfg, data=None) -> Data:
+    """The labelled dataset a feature network trains on: the whole of it (no dataset.limit/classes),
+    so that runs trained on subsets are still scored by the same network; `data` is reused if it
+    already is the whole dataset."""
+    from omegaconf import OmegaConf
+
+    if data is not None and dataset_cfg.get("limit") is None and dataset_cfg.get("classes") is None:
+        return data
+    cfg = OmegaConf.create(OmegaConf.to_container(dataset_cfg, resolve=True))
+    cfg.limit, cfg.classes = None, None
+    return build(cfg, "cpu")

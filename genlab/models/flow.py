@@ -39,6 +39,7 @@ class Flow(Model):
 
     Config = FlowConfig
     family = "likelihood"
+    accepts_temperature = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:

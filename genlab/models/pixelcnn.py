@@ -42,6 +42,7 @@ class PixelCNN(Model):
 
     Config = PixelCNNConfig
     family = "likelihood"
+    accepts_temperature = True
     slow_sampling = True  # ancestral: one network pass per sub-pixel
 
     @classmethod

@@ -91,6 +91,7 @@ class VAE(Model):
 
     Config = VAEConfig
     family = "likelihood"
+    accepts_temperature = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
