@@ -7,6 +7,7 @@ pre-flight checks answer before Hydra starts, so each takes a fraction of a seco
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -158,6 +159,20 @@ CASES = {
     "eval unknown metric": (["eval", f"run={RUN}", "metrics=[nonsense]"], "nonsense"),
     "eval no best.pt": (["eval", f"run={RUN}", "checkpoint=best"], "no checkpoint at"),
 }
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """Hydra apps run here configure logging onto this test's captured streams: undo that afterwards."""
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+    yield
+    for name in list(logging.root.manager.loggerDict) + ["root"]:
+        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
+        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
 
 
 def snapshot(root: Path) -> dict:
