@@ -261,8 +261,9 @@ class Evaluator:
         out = self.score(x, groups, labels)
         if "nll" in groups:
             res = model.evaluate(self.data)
-            # Likelihood models also return their protocol (binarisation, decoder, k): keep it with the numbers.
-            protocol = {k: v for k, v in res.items() if isinstance(v, str)}
+            # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a
+            # float): keep it with the numbers.
+            protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
             n = int(res.get("eval_images", len(self.data.raw("test"))))
             for k, v in res.items():
                 if k not in protocol:
