@@ -42,6 +42,9 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -142,6 +145,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
+    _check(not (t.sync_batchnorm and str(t.device) == "cpu"),
+           "trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it false on CPU")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from pathlib import Path
 
 import hydra
@@ -27,18 +28,31 @@ def seed_everything(seed: int) -> None:
 
 def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) -> dict:
     """Run one training job described by a composed train config; returns the last logged scalars."""
-    from genlab import data as data_lib
-    from genlab.config import model_class, validate
-    from genlab.engine import checkpoint as ckpt
-    from genlab.device import resolve_device
-    from genlab.engine.trainer import Trainer
+    from genlab.config import validate
+    from genlab.engine import distributed
 
     mcfg = validate(cfg)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
-    run_dir = Path(run_dir)
+    dist = distributed.init(cfg.trainer.device)
+    try:
+        with distributed.quiet_failures(dist):
+            return _train(cfg, mcfg, Path(dist.broadcast(str(run_dir))), evaluator, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
+    from genlab import data as data_lib
+    from genlab.config import model_class
+    from genlab.engine import checkpoint as ckpt
+    from genlab.engine import signals
+    from genlab.engine.trainer import Trainer
+
+    if not dist.is_main:  # rank 0 says it once
+        logging.getLogger("genlab").setLevel(logging.WARNING)
     state, path = None, None
     if cfg.trainer.resume:
         path = ckpt.resolve(cfg.trainer.resume)
@@ -48,17 +62,25 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
     if cfg.trainer.num_threads:
         torch.set_num_threads(int(cfg.trainer.num_threads))
     seed_everything(int(cfg.seed))
-    device = resolve_device(cfg.trainer.device)
+    device = dist.device
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     model = model_class(cfg)(mcfg, data.spec)
-    if evaluator is None and cfg.trainer.eval_every:
+    if evaluator is None and cfg.trainer.eval_every and dist.is_main:
         evaluator = default_evaluator(cfg, data)
-    trainer = Trainer(cfg, run_dir, evaluator=evaluator)
+    trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
     log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s", mcfg.name, data.name,
              "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device, cfg.trainer.precision)
+    if dist.enabled:
+        b = int(cfg.trainer.batch_size)
+        log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
+    if trainer.stopped_by:
+        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt")
+        if not dist.is_main:
+            sys.exit(stop.exit_code)  # rank 0 says it once
+        raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     return last
 

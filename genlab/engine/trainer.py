@@ -7,6 +7,7 @@ precision, logging, image grids, checkpoints, evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import signals
+from genlab.engine import distributed, signals
 from genlab.engine.precision import Precision
 from genlab.errors import GenlabError
 from genlab.types import Batch
@@ -75,11 +76,12 @@ def _side_effect_free(model: torch.nn.Module, device: torch.device):
 class Trainer:
     """Fits a Model to Data under a trainer config, writing everything into run_dir."""
 
-    def __init__(self, cfg, run_dir: Path, evaluator=None):
+    def __init__(self, cfg, run_dir: Path, evaluator=None, dist: distributed.Dist | None = None):
         self.cfg = cfg
         self.tcfg = cfg.trainer
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(self.tcfg.device)
+        self.dist = dist or distributed.Dist(resolve_device(self.tcfg.device))
+        self.device = self.dist.device
         self.precision = Precision(str(self.tcfg.precision), self.device)
         self.step = 0
         self.evaluator = evaluator
@@ -87,11 +89,14 @@ class Trainer:
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
+        self.stopped_by: int | None = None  # the signal that ended training early
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
         self.model = model.to(self.device)
         self.data = data
+        distributed.prepare_model(model, self.dist, self.tcfg)
+        data.shard(self.dist.rank, self.dist.world)
         self.schedule = model.schedule()
         nets = model.networks()
         self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
@@ -99,6 +104,8 @@ class Trainer:
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
+        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
         if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
@@ -123,16 +130,21 @@ class Trainer:
             **self.meta,
         }
 
+    def _rank_states(self) -> list[dict]:
+        # A collective: every rank calls it at the same step, so each rank's RNG and sampler resume exactly.
+        return self.dist.gather({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
+
     def load_state_dict(self, state: dict, path) -> None:
         ckpt.load_model_state(self.model, state["model"], path)
         try:
             for k, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
             self.precision.load_state_dict(state.get("scalers", {}))
-            self.data.load_state_dict(state["data"])
+            mine = distributed.own_state(state, self.dist)
+            self.data.load_state_dict(mine["data"])
             self.step = int(state["step"])
             self.best = state.get("best")
-            ckpt.set_rng_state(state["rng"])
+            ckpt.set_rng_state(mine["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
                               "resume with the same model, optimizer and dataset settings") from None
@@ -140,7 +152,9 @@ class Trainer:
     def save(self, name: str = "last") -> Path:
         self._check_diverged()  # a save syncs anyway; never overwrite a finite checkpoint with nan weights
         path = self.run_dir / "checkpoints" / f"{name}.pt"
-        ckpt.save(self.state_dict(), path)
+        ranks = self._rank_states()
+        if self.dist.is_main:
+            ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
         return path
 
     # ---- the loop -----------------------------------------------------------------------------
@@ -152,17 +166,20 @@ class Trainer:
             log.info("resumed from %s at step %d", resume_path, self.step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
-        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        ckpt.remove_stale_tmp(self.run_dir / "checkpoints")
+        if self.dist.is_main:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_tmp(self.run_dir / "checkpoints")
         # Watching losses for nan/inf costs no sync: a flag on the device, read when logging or saving.
         # fp16 skips non-finite steps by design; there the loss scale is watched instead.
         if self.precision.mode != "16":
             self._bad_step = torch.full((), _NEVER, dtype=torch.int64, device=self.device)
+        # Under torchrun the ranks' own handlers (distributed.Dist.catch_signals) mark the stop.
+        catch = contextlib.nullcontext() if self.dist.enabled else signals.stop_on_signals()
         try:
-            with signals.stop_on_signals():
+            with catch:
                 return self._loop(self.tcfg)
         finally:
             self.writer.close()
@@ -170,16 +187,18 @@ class Trainer:
     def _loop(self, t) -> dict:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and self.dist.is_main), dynamic_ncols=True,
                    desc="train", unit="step")
         self._last: dict = {}
         try:
             self._steps(t, bar)
         finally:
             bar.close()  # before any error or stop message, so it is printed on a line of its own
-        if signals.stop_requested() and self.step < t.max_steps:
-            raise signals.Stopped(signals.requested_signal(), self.step, self.save())
+        if self.step >= t.max_steps:
+            self.stopped_by = None  # the request came with the last step: the run is complete
         self.save()
+        if self.stopped_by:
+            return self._last
         if t.sample_every and self.step % t.sample_every != 0:
             self.log_images()
         if t.eval_every and self.step % t.eval_every != 0:
@@ -193,7 +212,7 @@ class Trainer:
         tick, tick_step = time.perf_counter(), self.step
         if self.step == 0 and t.sample_every:
             self.log_images()
-        while self.step < t.max_steps and not signals.stop_requested():
+        while self.step < t.max_steps:
             log_now = t.log_every and (self.step + 1) % t.log_every == 0
             for s in self.schedule:
                 if not s.due(self.step):
@@ -202,7 +221,7 @@ class Trainer:
                 for _ in range(s.repeat):
                     batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
                     with self.precision.autocast():
-                        loss, logs = s.fn(batch, self.precision.context(self.step, s.optimizer))
+                        loss, logs = self.run_step(s.optimizer, s.fn, batch, self.precision.context(self.step, s.optimizer))
                     norm = self.precision.backward_and_step(
                         loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
                         t.grad_clip, need_norm=bool(log_now))
@@ -229,6 +248,7 @@ class Trainer:
                 last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
                 sums, counts = {}, {}
+                last = self.dist.mean(last)
                 self._last = last
                 self._check_diverged()
                 self._check_finite(last)
@@ -241,6 +261,10 @@ class Trainer:
                 self.run_eval()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
+            self.stopped_by = self.dist.stop_requested()
+            if self.stopped_by:
+                log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
+                break
 
     def _train_only(self, key: str) -> None:
         """Gradients only for the networks this step updates (the others are inputs, not targets)."""
@@ -289,6 +313,8 @@ class Trainer:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
         from genlab import viz
 
+        if not self.dist.is_main:
+            return
         with _side_effect_free(self.model, self.device):
             fixed = dict(self.fixed)
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
@@ -300,10 +326,10 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        with _side_effect_free(self.model, self.device):
-            metrics = dict(self.model.evaluate(self.data))
-            if self.evaluator is not None:
-                metrics.update(self.evaluator(self.model, self.data, self.step))
+        metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
+        if not self.dist.is_main:
+            self.keep_best(metrics)  # best.pt's save is a collective every rank joins
+            return metrics
         for k, v in metrics.items():
             # Non-numeric entries (e.g. a likelihood's protocol: binarisation, sample counts) go to the
             # history and the log only.
@@ -315,6 +341,13 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
+        return metrics
+
+    def _evaluate(self) -> dict:
+        with _side_effect_free(self.model, self.device):
+            metrics = dict(self.model.evaluate(self.data))
+            if self.evaluator is not None:
+                metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
 
     def keep_best(self, metrics: dict) -> bool:
