@@ -48,6 +48,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
     from genlab import data as data_lib
     from genlab.config import model_class
     from genlab.engine import checkpoint as ckpt
+    from genlab.engine import signals
     from genlab.engine.threads import default_threads
     from genlab.engine.trainer import Trainer
 
@@ -77,9 +78,10 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
         log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
     if trainer.stopped_by:
-        log.info("stopped by signal %d at step %d; checkpoint %s; continue with trainer.resume=%s",
-                 trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt", run_dir)
-        sys.exit(128 + trainer.stopped_by)
+        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt")
+        if not dist.is_main:
+            sys.exit(stop.exit_code)  # rank 0 says it once
+        raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     return last
 
