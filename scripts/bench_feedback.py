@@ -67,7 +67,7 @@ def part_cli(args) -> None:
 def models(args) -> list[str]:
     if args.models:
         return args.models.split(",")
-    return sorted(p.stem for p in (Path(args.pythonpath) / "configs" / "model").glob("*.yaml"))
+    return sorted(p.stem for p in (Path(args.pythonpath) / "configs" / "model").glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def part_debug(args) -> None:

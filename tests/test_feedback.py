@@ -133,16 +133,19 @@ def test_nll_bounds_reach_the_model(tmp_path):
 
 # ---- the quick CLI -----------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [["train", "--help"], ["eval", "--help"], ["train", "--cfg", "job"],
-                                  ["sample", "--cfg", "job", "run=x"]])
-def test_informational_flags_do_not_import_torch(args, tmp_path):
+                                  ["sample", "--cfg", "job", "run=x"], ["train", "trainer.max_steps=-1"]])
+def test_informational_flags_and_pre_checks_do_not_import_torch(args, tmp_path):
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr))\n"
             f"sys.argv = ['genlab', *{args!r}]\n"
             "from genlab.cli import main\nmain()\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-    assert r.returncode == 0, r.stderr
     assert "NO_TORCH" in r.stderr
+    if "trainer.max_steps=-1" in args:  # a pre-check error: one line, exit 2, before torch
+        assert r.returncode == 2 and "genlab: error: trainer.max_steps must be >= 0" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
     assert ("is powered by Hydra" in r.stdout) if "--help" in args else ("model:" in r.stdout or "run: x" in r.stdout)
 
 

@@ -8,11 +8,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab.errors import GenlabError
+
+if TYPE_CHECKING:  # torch only for a type: the CLI's pre-checks use this module and must answer quickly
+    import torch
 
 log = logging.getLogger("genlab")
 
