@@ -38,6 +38,8 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    max_time: Optional[str] = None
+    objective: Optional[str] = None
 
 
 @dataclass
@@ -150,6 +152,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
+    from genlab.engine.budget import parse_duration
+    from genlab.metrics.evaluator import better
+
+    parse_duration(t.max_time)
+    _check(not t.objective or better(t.objective) in ("lower", "higher"),
+           f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
+           "test_bits_per_dim")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None

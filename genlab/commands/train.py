@@ -1,9 +1,17 @@
-"""genlab train: compose the config, build data and model, and hand them to the Trainer."""
+"""genlab train: compose the config, build data and model, and hand them to the Trainer.
+
+The Hydra task returns the run's objective (trainer.objective, evaluated at the end) so sweepers can
+optimise it. In a sweep a failing job is recorded in its status.json and returns NaN (Optuna
+counts the trial as failed) so the other jobs go on; a single run ends with one line and exit 2.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -12,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from genlab.commands.common import user_errors
+from genlab.commands.sweep import RunStatus, first_line, parallel_threads
 from genlab.config import register_configs
 
 log = logging.getLogger("genlab")
@@ -25,8 +34,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) -> dict:
-    """Run one training job described by a composed train config; returns the last logged scalars."""
+def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, status: RunStatus | None = None,
+          launcher=None) -> dict:
+    """Run one training job described by a composed train config; returns the last logged scalars.
+
+    With trainer.objective set, status.objective gets {metric, value, direction} from a final evaluation."""
     from genlab import data as data_lib
     from genlab.config import model_class, validate
     from genlab.engine import checkpoint as ckpt
@@ -39,27 +51,74 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
         run_dir = HydraConfig.get().runtime.output_dir
     run_dir = Path(run_dir)
     state, path = None, None
-    if cfg.trainer.resume:
-        path = ckpt.resolve(cfg.trainer.resume)
+    resume = cfg.trainer.resume
+    if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
+        resume = run_dir / "checkpoints" / "last.pt" if (run_dir / "checkpoints" / "last.pt").is_file() else None
+    if resume:
+        path = ckpt.resolve(resume)
         state = ckpt.load(path)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(int(cfg.trainer.num_threads))
+    threads = parallel_threads(cfg.trainer.num_threads, launcher)
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
     device = resolve_device(cfg.trainer.device)
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     model = model_class(cfg)(mcfg, data.spec)
-    if evaluator is None and cfg.trainer.eval_every:
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective):
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator)
+    if status is not None:
+        status.trainer = trainer
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
     log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s", mcfg.name, data.name,
              "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device, cfg.trainer.precision)
     last = trainer.fit(model, data, resume=state, resume_path=path)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
+    if cfg.trainer.objective and status is not None:
+        status.objective = objective(trainer, str(cfg.trainer.objective))
+    log_hparams(trainer, _task_overrides())
     return last
+
+
+def objective(trainer, name: str) -> dict:
+    """{metric, value, direction} of trainer.objective from the evaluation at the last step."""
+    from genlab.metrics.evaluator import better
+
+    metrics = trainer.last_eval if trainer.last_eval and trainer.last_eval["step"] == trainer.step else None
+    if metrics is None:
+        metrics = {"step": trainer.step, **trainer.run_eval()}
+        trainer.writer.close()
+    keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
+    if not keys:
+        from genlab.errors import GenlabError
+
+        raise GenlabError(f"trainer.objective={name} is not among the evaluated metrics "
+                          f"({', '.join(k for k in metrics if k != 'step')}); pick one of those")
+    direction = "minimize" if better(keys[0]) == "lower" else "maximize"
+    return {"metric": keys[0], "value": float(metrics[keys[0]]), "direction": direction}
+
+
+def log_hparams(trainer, overrides: list[str]) -> None:
+    """The run's overrides and final metrics to TensorBoard's HParams tab (compares a sweep's runs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    hparams = {}
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key.startswith("hydra.") or key in ("trainer.resume", "trainer.progress"):
+            continue
+        try:
+            hparams[key] = float(value)
+        except ValueError:
+            hparams[key] = value
+    scores = {k: float(v) for k, v in (trainer.last_eval or {}).items()
+              if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+    metrics = {f"hparams/{k}": v for k, v in {"step": trainer.step, **scores}.items()}
+    with SummaryWriter(str(trainer.run_dir / "tb")) as w:
+        w.add_hparams(hparams or {"run": trainer.run_dir.name}, metrics, run_name=".")
 
 
 def default_evaluator(cfg: DictConfig, data):
@@ -82,10 +141,38 @@ def _task_overrides() -> list[str]:
         return []
 
 
+def run_task(cfg: DictConfig) -> float | None:
+    """One Hydra job: train, keep status.json up to date, return the objective (NaN if the job failed)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    status = RunStatus(Path(hc.runtime.output_dir), list(hc.overrides.task), hc.job.get("num") if multirun else None)
+    status.write("running")
+    try:
+        train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
+    except KeyboardInterrupt:
+        status.write("interrupted", "interrupted")
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
+        status.write("failed", first_line(e))
+        if not multirun:
+            raise
+        from genlab.errors import GenlabError
+
+        if not isinstance(e, GenlabError):  # a bug, not a user error: keep its traceback next to the run
+            (status.path.parent / "traceback.txt").write_text("".join(traceback.format_exception(e)))
+        print(f"genlab: error: job {status.record['job']}: {first_line(e)}", file=sys.stderr)
+        return math.nan
+    status.write("done")
+    return status.objective["value"] if status.objective else None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     with user_errors():
-        train(cfg)
+        return run_task(cfg)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from genlab import __version__
 from genlab.engine import checkpoint as ckpt
+from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.errors import GenlabError
 
@@ -83,6 +84,11 @@ class Trainer:
         self.writer = None
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
+        self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
+        self.started: float | None = None
+        self.stopped_by_time = False
+        self.last_eval: dict | None = None  # {"step": ..., **metrics} of the latest evaluation
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
@@ -116,6 +122,7 @@ class Trainer:
                      "extent": self.data.extent, "class_names": self.data.class_names},
             "genlab_version": __version__,
             "best": self.best,
+            "elapsed": self.wall_time(),
             **self.meta,
         }
 
@@ -128,6 +135,7 @@ class Trainer:
             self.data.load_state_dict(state["data"])
             self.step = int(state["step"])
             self.best = state.get("best")
+            self.elapsed = float(state.get("elapsed", 0.0))
             ckpt.set_rng_state(state["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
@@ -137,6 +145,13 @@ class Trainer:
         path = self.run_dir / "checkpoints" / f"{name}.pt"
         ckpt.save(self.state_dict(), path)
         return path
+
+    def wall_time(self) -> float:
+        """Seconds this run has trained so far, earlier segments of a resumed run included."""
+        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def out_of_time(self) -> bool:
+        return self.max_seconds is not None and self.wall_time() >= self.max_seconds
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
@@ -172,6 +187,7 @@ class Trainer:
         counts: dict[str, int] = {}
         last: dict = {}
         tick, tick_step = time.perf_counter(), self.step
+        self.started = tick
         if self.step == 0 and t.sample_every:
             self.log_images()
         while self.step < t.max_steps:
@@ -216,7 +232,13 @@ class Trainer:
                 self.run_eval()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
+            if self.out_of_time():
+                # An equal wall-clock budget is the fair comparison of schedules of different cost.
+                self.stopped_by_time = True
+                log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.wall_time())
+                break
         bar.close()
+        self.elapsed, self.started = self.wall_time(), None  # the budget clock stops with the loop
         self.save()
         if t.sample_every and self.step % t.sample_every != 0:
             self.log_images()
@@ -287,6 +309,7 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
+        self.last_eval = {"step": self.step, **metrics}
         return metrics
 
     def keep_best(self, metrics: dict) -> bool:
