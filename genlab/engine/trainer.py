@@ -304,7 +304,7 @@ class Trainer:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            f.write(json.dumps({"step": self.step, "wall_time": round(self.wall_time(), 3), **metrics}) + "\n")
         if metrics:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
