@@ -216,3 +216,17 @@ def test_optuna_search_of_three_trials(tmp_path):
     rep = run_cli(["report", "sweep"], tmp_path)
     assert rep.returncode == 0 and rep.stdout.count("1 done") == 3, rep.stdout
 
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+                    reason="needs genlab[slurm]")
+def test_slurm_launcher_config_composes():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    with initialize_config_module("genlab.configs", version_base="1.3"):
+        cfg = hydra_compose("train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                            return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.max_num_timeout == 3 and launcher.timeout_min == 240
