@@ -77,13 +77,16 @@ def test_single_run_failure_keeps_one_line_and_exit_2(tmp_path):
     assert status(tmp_path / "run")["state"] == "failed"
 
 
+def _train(run: Path, *extra: str) -> tuple[dict, RunStatus]:
+    """Train in-process into `run` as the train command does, returning its finished status record."""
+    st = RunStatus(run)
+    train(compose(["model=gan", "dataset=ring8", *FAST, *extra]), run, status=st)
+    return st.write("done"), st
+
+
 def test_max_time_stops_at_a_step_boundary_and_resumes(tmp_path):
     run = tmp_path / "run"
-    cfg = compose(["model=gan", "dataset=ring8", *FAST, "trainer.max_steps=1000000", "trainer.max_time=3",
-                   "trainer.log_every=10"])
-    st = RunStatus(run)
-    train(cfg, run, status=st)
-    rec = st.write("done")
+    rec, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=3", "trainer.log_every=10")
     assert rec["stopped_by"] == "max_time" and 0 < rec["step"] < 1000000
     per_step = rec["wall_time"] / rec["step"]
     # at or past the budget, by less than one step (plus the time to save the checkpoint on a busy machine)
@@ -91,23 +94,23 @@ def test_max_time_stops_at_a_step_boundary_and_resumes(tmp_path):
     state = ckpt.load(run / "checkpoints" / "last.pt")
     assert state["step"] == rec["step"] and state["elapsed"] == pytest.approx(rec["wall_time"], abs=0.01)
     # the checkpoint resumes: trainer.resume=auto continues in the same folder up to a 4 s budget in all
-    cfg2 = compose(["model=gan", "dataset=ring8", *FAST, "trainer.max_steps=1000000", "trainer.max_time=4",
-                    "trainer.log_every=10", "trainer.resume=auto"])
-    st2 = RunStatus(run)
-    train(cfg2, run, status=st2)
-    rec2 = st2.write("done")
+    rec2, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=4", "trainer.log_every=10",
+                     "trainer.resume=auto")
     assert rec2["step"] > rec["step"] and 4.0 <= rec2["wall_time"] <= 4.0 + per_step + 0.5
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_objective_is_returned(tmp_path):
     run = tmp_path / "run"
-    cfg = compose(["model=gan", "dataset=ring8", *FAST, "trainer.resume=auto", "trainer.objective=modes",
-                   "trainer.eval_samples=200"])
-    st = RunStatus(run)
-    train(cfg, run, status=st)
+    _, st = _train(run, "trainer.resume=auto", "trainer.objective=modes", "trainer.eval_samples=200")
     hist = [json.loads(line) for line in (run / "eval_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in hist] == [4]  # eval_every=0: the objective asks for one evaluation at the end
     assert st.objective == {"metric": "modes", "value": hist[-1]["modes"], "direction": "maximize"}
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()  # TensorBoard's HParams tab: the run's final metrics next to its overrides
+    assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
+    assert acc.Scalars("hparams/modes")[-1].value == hist[-1]["modes"]
 
 
 def test_objective_must_have_a_direction():
@@ -117,13 +120,15 @@ def test_objective_must_have_a_direction():
         validate(compose(["model=gan", "dataset=ring8", *FAST, "trainer.objective=banana"]))
 
 
-def test_missing_plugin_names_the_extra(tmp_path, monkeypatch):
+def test_missing_plugin_names_the_extra(monkeypatch, capsys):
     from genlab import cli
 
-    monkeypatch.setitem(cli.PLUGINS, ("hydra/launcher", "joblib"), ("genlab_no_such_plugin", "joblib"))
+    monkeypatch.setitem(cli.PLUGINS, ("hydra/launcher", "joblib"), ("hydra_plugins.no_such_launcher", "joblib"))
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "-m", "hydra/launcher=joblib", "seed=0,1"])
     assert e.value.code == 2
+    assert capsys.readouterr().err == ("genlab: error: hydra/launcher=joblib needs the no-such-launcher plugin; "
+                                       "install it with: pip install 'genlab[joblib]'\n")
 
 
 def test_quote_paths_only_touches_existing_paths(tmp_path):
