@@ -88,15 +88,15 @@ def test_max_time_stops_at_a_step_boundary_and_resumes(tmp_path):
     run = tmp_path / "run"
     rec, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=3", "trainer.log_every=10")
     assert rec["stopped_by"] == "max_time" and 0 < rec["step"] < 1000000
-    per_step = rec["wall_time"] / rec["step"]
+    per_step = rec["train_time"] / rec["step"]
     # at or past the budget, by less than one step (plus the time to save the checkpoint on a busy machine)
-    assert 3.0 <= rec["wall_time"] <= 3.0 + per_step + 0.5
+    assert 3.0 <= rec["train_time"] <= 3.0 + per_step + 0.5
     state = ckpt.load(run / "checkpoints" / "last.pt")
-    assert state["step"] == rec["step"] and state["elapsed"] == pytest.approx(rec["wall_time"], abs=0.01)
+    assert state["step"] == rec["step"] and state["elapsed"] == pytest.approx(rec["train_time"], abs=0.01)
     # the checkpoint resumes: trainer.resume=auto continues in the same folder up to a 4 s budget in all
     rec2, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=4", "trainer.log_every=10",
                      "trainer.resume=auto")
-    assert rec2["step"] > rec["step"] and 4.0 <= rec2["wall_time"] <= 4.0 + per_step + 0.5
+    assert rec2["step"] > rec["step"] and 4.0 <= rec2["train_time"] <= 4.0 + per_step + 0.5
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_objective_is_returned(tmp_path):
@@ -176,11 +176,18 @@ def test_report_aggregates_the_runs_own_eval_json(tmp_path):
     assert (sweep / "runs.csv").read_text().count("\n") == 5
 
 
-def test_report_bad_input_is_one_line(tmp_path):
-    for args in (["report", str(tmp_path / "nope")], ["report", str(tmp_path)], ["report", "--bogus", "x"]):
-        r = run_cli(args, tmp_path)
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        assert r.stderr.startswith("genlab: error: report")
+def test_report_bad_input_is_one_line(tmp_path, capsys):
+    from genlab.commands import report
+
+    for args in ([str(tmp_path / "nope")], [str(tmp_path)], ["--bogus", "x"], []):
+        with pytest.raises(SystemExit) as e:
+            report.main(args)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("genlab: error: report")
+    r = run_cli(["report", str(tmp_path / "nope")], tmp_path)  # through the CLI too, and its --help
+    assert r.returncode == 2 and r.stderr == f"genlab: error: report: {tmp_path / 'nope'} is not a folder; give " \
+        "sweep folders (outputs/multirun/DATE/TIME) or run folders\n"
     h = run_cli(["report", "--help"], tmp_path)
     assert h.returncode == 0 and "DIR" in h.stdout
 

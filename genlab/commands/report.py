@@ -1,10 +1,10 @@
 """genlab report DIR...: the runs of sweep folder(s) or run folders side by side.
 
 One row per configuration (the overrides that differ between the runs, seed left out), the metrics
-of eval.json (or the last eval_history.jsonl entry), steps, wall time and status; the seeds of one
+of eval.json (or the last eval_history.jsonl entry), steps, training time and status; the seeds of one
 configuration aggregated as mean ± std and n; the best value of each metric marked with *. Printed,
 and written as report.csv, report.md, runs.csv (one row per run) and report_<metric>.png (the metric
-against steps and against wall time, one colour per configuration, one line per seed).
+against steps and against training time, one colour per configuration, one line per seed).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from genlab.commands.sweep import read_status
 from genlab.metrics.evaluator import better
 
 IGNORED = ("trainer.resume", "trainer.progress", "trainer.num_threads", "dataset.root", "dataset.path")
-BOOKKEEPING = ("step", "wall_time")
+BOOKKEEPING = ("step", "train_time", "wall_time")
+TIMES = ("steps", "train_time", "wall_time")
 
 
 class Parser(argparse.ArgumentParser):
@@ -65,7 +66,7 @@ def _overrides(run: Path) -> dict[str, str]:
 
 
 def _metrics(run: Path) -> tuple[dict, int | None, dict]:
-    """(final metrics, their step, {metric: [(step, wall_time, value)]}) of a run."""
+    """(final metrics, their step, {metric: [(step, train_time, value)]}) of a run."""
     history: list[dict] = []
     try:
         history = [json.loads(line) for line in (run / "eval_history.jsonl").read_text().splitlines() if line.strip()]
@@ -75,7 +76,7 @@ def _metrics(run: Path) -> tuple[dict, int | None, dict]:
     for h in history:
         for k, v in h.items():
             if k not in BOOKKEEPING and _number(v):
-                curves.setdefault(k, []).append((h["step"], h.get("wall_time"), float(v)))
+                curves.setdefault(k, []).append((h["step"], h.get("train_time"), float(v)))
     try:
         ev = json.loads((run / "eval.json").read_text())
         return {k: float(v) for k, v in ev["values"].items() if _number(v)}, ev.get("step"), curves
@@ -97,7 +98,8 @@ def load(run: Path) -> dict:
     over = _overrides(run)
     metrics, eval_step, curves = _metrics(run)
     return {"run": run, "overrides": over, "seed": over.pop("seed", None), "metrics": metrics, "curves": curves,
-            "steps": status.get("step", eval_step), "wall_time": status.get("wall_time"),
+            "steps": status.get("step", eval_step), "train_time": status.get("train_time"),
+            "wall_time": status.get("wall_time"),
             "status": status.get("state", "?")}
 
 
@@ -137,7 +139,7 @@ def build(runs: list[dict], metrics: list[str] | None = None) -> tuple[list[str]
         row = {"configuration": label, "n": len(members),
                "status": ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                "seeds": ",".join(str(m["seed"]) for m in members if m["seed"] is not None)}
-        for col in (*names, "steps", "wall_time"):
+        for col in (*names, *TIMES):
             vals = [m["metrics"].get(col) if col in names else m[col] for m in members]
             row[col] = aggregate([float(v) if v is not None else None for v in vals])
         rows.append(row)
@@ -166,9 +168,9 @@ def cell(row: dict, col: str) -> str:
 
 def text_table(names: list[str], rows: list[dict], markdown: bool = False) -> str:
     """The report as an aligned text table, or as a Markdown table."""
-    head = ["configuration", "n", *names, "steps", "wall s", "status"]
+    head = ["configuration", "n", *names, "steps", "train s", "status"]
     body = [[r["configuration"], str(r["n"]), *(cell(r, c) for c in names), cell(r, "steps"),
-             cell(r, "wall_time"), r["status"]] for r in rows]
+             cell(r, "train_time"), r["status"]] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
@@ -182,10 +184,10 @@ def write_csv(path: Path, names: list[str], rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["configuration", "n", "status",
-                    *[f"{c}_{s}" for c in (*names, "steps", "wall_time") for s in ("mean", "std", "n")]])
+                    *[f"{c}_{s}" for c in (*names, *TIMES) for s in ("mean", "std", "n")]])
         for r in rows:
             vals = []
-            for c in (*names, "steps", "wall_time"):
+            for c in (*names, *TIMES):
                 vals += list(r[c]) if r[c] is not None else ["", "", 0]
             w.writerow([r["configuration"], r["n"], r["status"], *vals])
 
@@ -194,14 +196,14 @@ def write_runs_csv(path: Path, runs: list[dict], names: list[str]) -> None:
     keys = sorted({k for r in runs for k in r["overrides"]})
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run", *keys, "seed", *names, "steps", "wall_time", "status"])
+        w.writerow(["run", *keys, "seed", *names, *TIMES, "status"])
         for r in runs:
             w.writerow([str(r["run"]), *(r["overrides"].get(k, "") for k in keys), r["seed"],
-                        *(r["metrics"].get(c, "") for c in names), r["steps"], r["wall_time"], r["status"]])
+                        *(r["metrics"].get(c, "") for c in names), *(r[c] for c in TIMES), r["status"]])
 
 
 def plots(out: Path, names: list[str], runs: list[dict]) -> list[Path]:
-    """report_<metric>.png: the metric against steps and against wall time for each configuration."""
+    """report_<metric>.png: the metric against steps and against training time for each configuration."""
     from genlab import plot
 
     _, groups, _ = configurations(runs)
@@ -214,7 +216,7 @@ def plots(out: Path, names: list[str], runs: list[dict]) -> list[Path]:
         if not any(line for lines in by_step.values() for line in lines):
             continue
         direction = {"lower": " (lower is better)", "higher": " (higher is better)"}.get(better(name), "")
-        img = plot.figure([plot.panel(by_step, "step", name), plot.panel(by_time, "wall time (s)", name)],
+        img = plot.figure([plot.panel(by_step, "step", name), plot.panel(by_time, "training time (s)", name)],
                           list(groups), f"{name}{direction}; one line per run")
         path = out / f"report_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_')}.png"
         img.save(path)

@@ -1,7 +1,9 @@
 """What a run records about itself (status.json) and what a sweep reports when it ends.
 
 Every train job writes `status.json` in its run folder: state (running | done | failed |
-interrupted), the error line, the step reached, wall time, samples seen and the objective. In a
+interrupted), the error line, the step reached, training time (the trainer.max_time clock:
+periodic evaluation excluded, earlier segments of a resumed run included), this job's wall time,
+samples seen and the objective. In a
 sweep (`-m`) a failing job is recorded there and the next job starts; Hydra's `on_multirun_end`
 callback then prints one summary line from those files and ends with exit status 1 if any failed.
 """
@@ -46,14 +48,14 @@ class RunStatus:
         if t is not None:
             r["step"] = t.step
             r["max_steps"] = int(t.tcfg.max_steps)
-            r["wall_time"] = round(t.wall_time(), 3)
+            r["train_time"] = round(t.train_time(), 3)
             schedule = getattr(t, "schedule", None) or []
             # every repeat of every scheduled step draws one batch
             r["samples_seen"] = t.step * int(t.tcfg.batch_size) * sum(s.repeat for s in schedule)
             r["stopped_by"] = "max_time" if t.stopped_by_time else ("max_steps" if state == "done" else None)
         else:
             r.setdefault("step", 0)
-            r["wall_time"] = round(time.perf_counter() - self.t0, 3)
+        r["wall_time"] = round(time.perf_counter() - self.t0, 3)
         r["objective"] = self.objective
         r["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         self.path.parent.mkdir(parents=True, exist_ok=True)
