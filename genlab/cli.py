@@ -47,7 +47,7 @@ VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
 def usage() -> str:
     lines = ["usage: genlab <command> [key=value ...] [hydra flags]", "", "commands:"]
     lines += [f"  {name:<11}{text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Each command is a Hydra app: `genlab train --help` lists its config groups,",
+    lines += ["", "Each command but report is a Hydra app: `genlab train --help` lists its config groups,",
               "`genlab train --cfg job` prints the composed config, `-m` sweeps (multirun)."]
     return "\n".join(lines)
 

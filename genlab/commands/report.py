@@ -97,6 +97,8 @@ def load(run: Path) -> dict:
     status = read_status(run) or {}
     over = _overrides(run)
     metrics, eval_step, curves = _metrics(run)
+    if status.get("state") in ("failed", "interrupted", "running"):
+        metrics = {}  # an unfinished run's last evaluation is not its result
     return {"run": run, "overrides": over, "seed": over.pop("seed", None), "metrics": metrics, "curves": curves,
             "steps": status.get("step", eval_step), "train_time": status.get("train_time"),
             "wall_time": status.get("wall_time"),
@@ -233,7 +235,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     runs = [load(r) for r in find_runs(a.dirs)]
-    names, rows, common = build(runs, a.metrics.split(",") if a.metrics else None)
+    wanted = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
+    known = sorted({k for r in runs for k in r["metrics"]})
+    for m in wanted or []:
+        if m not in known:
+            fail(f"report: no run has metric {m}; available: {', '.join(known) or 'none (no evaluations yet)'}")
+    names, rows, common = build(runs, wanted)
     out = Path(a.out or a.dirs[0])
     try:
         out.mkdir(parents=True, exist_ok=True)
