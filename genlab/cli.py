@@ -61,7 +61,8 @@ def group_options(group: str) -> list[str]:
     """The YAML options of a config group shipped in genlab.configs."""
     try:
         d = resources.files("genlab.configs") / group
-        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+        # Names starting with "_" are bases other options compose (e.g. model/_gan_base), not options.
+        return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
     except (FileNotFoundError, NotADirectoryError):
         return []
 

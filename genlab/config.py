@@ -15,7 +15,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genlab.data.schema import DatasetConfig
 from genlab.errors import GenlabError
+
+__all__ = ["DatasetConfig", "TrainConfig", "build_model", "model_class", "register_configs", "typed_model_config",
+           "validate"]
 
 
 @dataclass
@@ -40,28 +44,6 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
     objective: Optional[str] = None
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "mnist"
-    _target_: str = "genlab.data.images.torchvision_dataset"
-    root: str = "data"
-    image_size: Optional[int] = None
-    channels: Optional[int] = None
-    download: bool = True
-    classes: Optional[list[int]] = None
-    binarize: Optional[str] = None
-    limit: Optional[int] = None
-    path: Optional[str] = None
-    test_fraction: float = 0.1
-    n_train: int = 100000
-    n_test: int = 10000
-    extra: dict[str, Any] = field(default_factory=dict)
-    # unpaired two-domain data (CycleGAN): each a dataset node, e.g. {name: fashion_mnist, classes: [7]}
-    # or {path: /data/horse2zebra/trainA}; keys not given are taken from this node
-    domain_a: Optional[dict[str, Any]] = None
-    domain_b: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -122,6 +104,11 @@ def typed_model_config(cfg: DictConfig) -> DictConfig:
         return OmegaConf.merge(schema, node)
     except OmegaConfBaseException as e:
         raise GenlabError(f"model.{_omegaconf_message(e)}") from None
+
+
+def build_model(cfg: DictConfig, spec):
+    """The model named by cfg.model._target_, with its typed config, sized for `spec`."""
+    return model_class(cfg)(typed_model_config(cfg), spec)
 
 
 def _omegaconf_message(e: OmegaConfBaseException) -> str:

@@ -36,11 +36,10 @@ class Collapsed(nn.Module):
 def main() -> None:
     from hydra import compose, initialize_config_module
 
-    from genlab import models
     from genlab.commands.common import load_run
     from genlab.commands.eval import build_evaluator, run_data
-    from genlab.config import register_configs
-    from genlab.engine.trainer import resolve_device
+    from genlab.config import build_model, register_configs
+    from genlab.device import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run")
@@ -56,7 +55,7 @@ def main() -> None:
     device = resolve_device(args.device)
     run = load_run(args.run, "last", str(device))
     torch.manual_seed(int(run.cfg.seed))
-    untrained = models.build(run.cfg, run.spec).to(device).eval()
+    untrained = build_model(run.cfg, run.spec).to(device).eval()
     contenders = {"trained": run.model, "untrained": untrained, "collapsed": Collapsed(run.model, args.modes)}
     data, dcfg = run_data(run)
     ev = build_evaluator(cfg, data, dcfg, device, args.metrics.split(","), args.num_samples)

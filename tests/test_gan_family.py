@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from genlab.data.base import Data, Spec
-from genlab.engine.ema import EMA
+from genlab.models.ema import EMA
 from genlab.models.base import Batch, StepContext
 from genlab.models.conditional import (
     ACGAN,

@@ -14,6 +14,7 @@ VARIANTS = {
     "lsgan": NETS + ["model.loss_params.a=-1", "model.loss_params.c=0"],
     "hinge": NETS + ["model.discriminator.spectral_norm=true"],
     "sngan": NETS + ["model.n_critic=2"],
+    "ragan": NETS + ["model.r1_weight=1", "model.r1_every=2", "model.gp_weight=1"],
     "fgan": NETS + ["model.loss_params.divergence=kl"],
     "ebgan": NETS + ["model.code_dim=8"],
     "cgan": NETS,
@@ -22,7 +23,7 @@ VARIANTS = {
     "cyclegan": ["model.generator.base_channels=4", "model.generator.n_blocks=1", "model.discriminator.base_channels=4",
                  "model.pool_size=4", "model.identity_weight=5", "model.ema_decay=0.5"],
 }
-UNCONDITIONAL = ["dcgan", "lsgan", "hinge", "sngan", "fgan", "ebgan", "infogan"]
+UNCONDITIONAL = ["dcgan", "lsgan", "hinge", "sngan", "ragan", "fgan", "ebgan", "infogan"]
 
 
 def _train(overrides, run_dir):

@@ -18,6 +18,7 @@ SMALL = {
             "model.eval_k=20", "model.eval_limit=16"],
     "realnvp": ["model.hidden=8", "model.n_blocks=1", "model.steps_per_scale=2", "model.eval_limit=16"],
     "glow": ["model.hidden=8", "model.n_blocks=1", "model.steps_per_scale=2", "model.eval_limit=16"],
+    "nice": ["model.hidden=16", "model.n_blocks=1", "model.eval_limit=16"],
     "pixelcnn": ["model.hidden=8", "model.n_layers=2", "model.eval_limit=16", "model.visual_samples=4",
                  "model.progress=false"],
 }
@@ -31,6 +32,7 @@ CASES = {
     "iwae": ["model=iwae", "dataset.binarize=static", *SMALL["vae"]],
     "realnvp": ["model=realnvp", *SMALL["realnvp"]],
     "glow": ["model=glow", *SMALL["glow"]],
+    "nice": ["model=nice", *SMALL["nice"]],
     "pixelcnn": ["model=pixelcnn", *SMALL["pixelcnn"]],
     "pixelcnn_conditional": ["model=pixelcnn", "model.conditional=true", *SMALL["pixelcnn"]],
 }
@@ -108,6 +110,19 @@ def test_cli_trains_a_binarised_vae_and_logs_nll(mnist_root, tmp_path):
     assert "test_nll_nats=" in r.stderr + r.stdout
 
 
+def test_cli_trains_nice_and_its_nll_falls(mnist_root, tmp_path):
+    """NICE from the CLI: a debug run that logs bits/dim, evaluates with the flows' protocol and improves."""
+    r = run_cli(["train", "model=nice", "dataset=mnist", f"dataset.root={mnist_root}", *TINY, *SMALL["nice"],
+                 "trainer.max_steps=12", "trainer.eval_every=4", "trainer.eval_metrics=[nll]",
+                 f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    hist = _history(tmp_path / "run")
+    assert [h["step"] for h in hist] == [4, 8, 12]
+    assert hist[0]["n_bits"] == 8 and hist[0]["dequantization"] == "uniform"
+    bpd = [h["test_bits_per_dim"] for h in hist]
+    assert bpd[-1] < bpd[0], bpd  # evaluation noise is fixed (EVAL_SEED): the gap is the model's
+
+
 def test_cli_refuses_bernoulli_on_grey_images(mnist_root, tmp_path):
     r = run_cli(["train", "model=vae", "dataset=mnist", f"dataset.root={mnist_root}", "model.decoder_dist=bernoulli"],
                 tmp_path)
@@ -117,15 +132,21 @@ def test_cli_refuses_bernoulli_on_grey_images(mnist_root, tmp_path):
 @pytest.mark.slow
 def test_realnvp_with_actnorm_keeps_improving_over_300_steps(mnist_root, tmp_path):
     """The nets author's smoke run (300 steps on toy images) saw bits/dim go back up without
-    normalisation between couplings; with ActNorm the held-out bits/dim must keep falling."""
+    normalisation between couplings; with ActNorm the held-out bits/dim must keep falling.
+
+    The evaluation's noise is fixed (likelihood.EVAL_SEED), so successive evaluations differ by the
+    model only; what is left is SGD's own wobble (one 50-step interval once rose by 0.02), so the
+    checks compare trends with margins it cannot cross rather than every pair of evaluations."""
     over = ["model=realnvp", "model.norm=actnorm", "model.hidden=32", "model.n_blocks=1", "trainer.batch_size=16",
             "trainer.sample_every=0", "trainer.checkpoint_every=0", "trainer.log_every=50"]
     train(compose(["dataset=mnist", f"dataset.root={mnist_root}", *TINY, *over, "trainer.max_steps=300",
                    "trainer.eval_every=50"]), tmp_path / "run")
     bpd = [h["test_bits_per_dim"] for h in _history(tmp_path / "run")]
     assert len(bpd) == 6
-    assert all(b <= a + 0.02 for a, b in zip(bpd, bpd[1:])), bpd
-    assert bpd[-1] < bpd[0] - 0.1, bpd
+    assert bpd[-1] < bpd[0] - 0.1, bpd  # it learns
+    assert sum(bpd[3:]) / 3 < sum(bpd[:3]) / 3 - 0.05, bpd  # the last 150 steps beat the first 150
+    assert bpd[-1] <= min(bpd) + 0.03, bpd  # still at its best at the end: no rebound
+    assert all(b <= a + 0.05 for a, b in zip(bpd, bpd[1:])), bpd  # no interval goes back up by more than noise
 
 
 def test_genlab_eval_reports_a_vae_nll_with_its_protocol(tmp_path):

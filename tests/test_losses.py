@@ -51,7 +51,7 @@ def test_every_entry_builds_and_returns_scalars_on_logit_maps(name):
     loss = build_loss(name, **kwargs)
     assert isinstance(loss, AdversarialLoss)
     real, fake = torch.rand(4, 1, 3, 3, dtype=DTYPE), torch.rand(4, 1, 3, 3, dtype=DTYPE)  # a PatchGAN map
-    for value in (loss.discriminator(real, fake), loss.generator(fake)):
+    for value in (loss.discriminator(real, fake), loss.generator(real, fake)):
         assert value.shape == () and torch.isfinite(value)
 
 
@@ -70,14 +70,14 @@ def test_non_saturating_and_minimax_at_known_points():
     zero = torch.zeros(3, dtype=DTYPE)
     # D(x) = sigmoid(0) = 1/2 everywhere: -log 1/2 - log 1/2.
     assert NonSaturating().discriminator(zero, zero).item() == pytest.approx(2 * math.log(2))
-    assert NonSaturating().generator(zero).item() == pytest.approx(math.log(2))
-    assert Minimax().generator(zero).item() == pytest.approx(-math.log(2))
+    assert NonSaturating().generator(None, zero).item() == pytest.approx(math.log(2))
+    assert Minimax().generator(None, zero).item() == pytest.approx(-math.log(2))
     real, fake = t(2.0), t(-1.0)
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     expected = -math.log(sig(2.0)) - math.log(1 - sig(-1.0))
     assert NonSaturating().discriminator(real, fake).item() == pytest.approx(expected)
-    assert NonSaturating().generator(fake).item() == pytest.approx(-math.log(sig(-1.0)))
-    assert Minimax().generator(fake).item() == pytest.approx(math.log(1 - sig(-1.0)))
+    assert NonSaturating().generator(None, fake).item() == pytest.approx(-math.log(sig(-1.0)))
+    assert Minimax().generator(None, fake).item() == pytest.approx(math.log(1 - sig(-1.0)))
 
 
 def test_non_saturating_is_stable_at_large_logits():
@@ -88,7 +88,7 @@ def test_non_saturating_is_stable_at_large_logits():
 def test_wasserstein_at_known_points():
     real, fake = t(1.0, 3.0), t(0.0, 2.0)
     assert Wasserstein().discriminator(real, fake).item() == pytest.approx(-1.0)
-    assert Wasserstein().generator(fake).item() == pytest.approx(-1.0)
+    assert Wasserstein().generator(None, fake).item() == pytest.approx(-1.0)
 
 
 def test_hinge_is_zero_with_margins_met_and_exact_elsewhere():
@@ -102,7 +102,7 @@ def test_hinge_is_zero_with_margins_met_and_exact_elsewhere():
     # relu(1 - [0.5, 2]) = [0.5, 0]; relu(1 + [-0.5, -3]) = [0.5, 0]
     assert Hinge().discriminator(t(0.5, 2.0), t(-0.5, -3.0)).item() == pytest.approx(0.5)
     assert Hinge().discriminator(t(-1.0), t(2.0)).item() == pytest.approx(5.0)
-    assert Hinge().generator(t(0.5, -1.5)).item() == pytest.approx(0.5)
+    assert Hinge().generator(None, t(0.5, -1.5)).item() == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,8 +114,8 @@ def test_least_squares_values_with_the_0_1_coding():
     assert (loss.a, loss.b, loss.c) == (0.0, 1.0, 1.0)
     assert loss.discriminator(t(1.0), t(0.0)).item() == 0.0
     assert loss.discriminator(t(0.0), t(1.0)).item() == pytest.approx(1.0)
-    assert loss.generator(t(1.0)).item() == 0.0
-    assert loss.generator(t(3.0)).item() == pytest.approx(2.0)
+    assert loss.generator(None, t(1.0)).item() == 0.0
+    assert loss.generator(None, t(3.0)).item() == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("a,b,c", [(0.0, 1.0, 1.0), (-1.0, 1.0, 0.0)])
@@ -142,7 +142,7 @@ def test_least_squares_generator_is_half_pearson_chi2_theorem_1():
     # with the Pearson f.
     loss = LeastSquares(a=-1.0, b=1.0, c=0.0)
     d_star = (loss.b * P + loss.a * Q) / (P + Q)
-    objective = loss.generator(d_star[REAL_IDX]) + loss.generator(d_star[FAKE_IDX])
+    objective = loss.generator(None, d_star[REAL_IDX]) + loss.generator(None, d_star[FAKE_IDX])
     chi2 = ((2 * Q - (P + Q)) ** 2 / (P + Q)).sum()
     assert objective.item() == pytest.approx(0.5 * chi2.item(), rel=1e-12)
     assert objective.item() == pytest.approx(0.5 * f_divergence("pearson", 2 * Q, P + Q).item(), rel=1e-12)
@@ -284,15 +284,15 @@ def test_fgan_with_the_gan_divergence_is_the_non_saturating_gan():
     real, fake = torch.randn(16, generator=g, dtype=DTYPE), torch.randn(16, generator=g, dtype=DTYPE)
     fgan, ns = FGAN("gan"), NonSaturating()
     torch.testing.assert_close(fgan.discriminator(real, fake), ns.discriminator(real, fake))
-    torch.testing.assert_close(fgan.generator(fake), ns.generator(fake))
+    torch.testing.assert_close(fgan.generator(None, fake), ns.generator(None, fake))
 
 
 def test_fgan_generator_losses():
     fake = t(-1.0, 0.5, 2.0)
     d = DIVERGENCES["kl"]
     assert FGAN("kl").generator_loss == "alternative"  # the paper's choice (section 3.2)
-    torch.testing.assert_close(FGAN("kl").generator(fake), -fake.mean())  # -E_Q[g_f(V)], g_f(v) = v
-    torch.testing.assert_close(FGAN("kl", generator_loss="saturating").generator(fake),
+    torch.testing.assert_close(FGAN("kl").generator(None, fake), -fake.mean())  # -E_Q[g_f(V)], g_f(v) = v
+    torch.testing.assert_close(FGAN("kl", generator_loss="saturating").generator(None, fake),
                                -d.conjugate(d.activation(fake)).mean())
     with pytest.raises(ValueError, match="choose one of"):
         FGAN("bogus")
@@ -315,7 +315,7 @@ def test_ebgan_margin():
     # Below m: D pays m - D(G(z)).
     assert loss.discriminator(t(0.0), t(0.5)).item() == pytest.approx(1.5)
     assert loss.discriminator(t(1.0, 3.0), t(0.0, 1.0)).item() == pytest.approx(2.0 + 1.5)
-    assert loss.generator(t(0.5, 1.5)).item() == pytest.approx(1.0)
+    assert loss.generator(None, t(0.5, 1.5)).item() == pytest.approx(1.0)
 
 
 def test_pulling_away_term():

@@ -7,10 +7,10 @@ import pytest
 import scipy.stats
 import torch
 
+from genlab.data.toy import GRID25_STD, RING8_STD, grid25_centers, ring8_centers
 from genlab.metrics import (
-    GRID25_STD, RING8_STD, bits_per_dim, class_coverage, conditional_accuracy, feature_stats,
-    fid_from_features, fid_from_stats, grid25_centers, inception_score, kid, logmeanexp,
-    memorization_ratio, mode_metrics, nats_from_bpd, nearest_neighbours, prdc, ring8_centers,
+    bits_per_dim, class_coverage, conditional_accuracy, feature_stats, fid_from_features, fid_from_stats,
+    inception_score, kid, logmeanexp, memorization_ratio, mode_metrics, nats_from_bpd, nearest_neighbours, prdc,
 )
 
 

@@ -6,19 +6,20 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
+from genlab.metrics.likelihood import dequantize, to_levels
+from genlab.metrics.likelihood import dequantized_bits_per_dim as bits_per_dim
 from genlab.nets.flows import (
     ActNorm,
     AffineCoupling,
+    DiagonalScaling,
     InvConv1x1,
-    MultiScaleFlow,
-    Squeeze,
     VectorFlow,
-    bits_per_dim,
-    dequantize,
+    Squeeze,
+    build_flow,
     inverse_logit_transform,
     logit_transform,
     standard_normal_log_prob,
-    to_levels,
+    supports,
 )
 
 
@@ -177,7 +178,7 @@ def test_squeeze_is_a_permutation():
 
 
 def initialised_flow(kind, shape, n_scales=2, steps=2):
-    flow = MultiScaleFlow(shape, n_scales=n_scales, steps_per_scale=steps, kind=kind, hidden=8, n_blocks=1).double()
+    flow = build_flow(kind, shape, n_scales=n_scales, steps_per_scale=steps, hidden=8, n_blocks=1).double()
     flow.train()
     flow(torch.randn(8, *shape, dtype=torch.float64))  # ActNorm data-dependent init
     return perturb(flow, std=0.05).eval()
@@ -199,7 +200,7 @@ def test_multiscale_logdet_inverse_and_log_prob(kind, shape):
 
 
 def test_glow_actnorms_initialise_on_first_training_forward():
-    flow = MultiScaleFlow((1, 4, 4), n_scales=2, steps_per_scale=2, kind="glow", hidden=8, n_blocks=1)
+    flow = build_flow("glow", (1, 4, 4), n_scales=2, steps_per_scale=2, hidden=8, n_blocks=1)
     norms = [m for m in flow.modules() if isinstance(m, ActNorm)]
     assert len(norms) == 4 and not any(bool(m.initialized) for m in norms)
     flow(torch.randn(32, 1, 4, 4) * 3)
@@ -207,17 +208,17 @@ def test_glow_actnorms_initialise_on_first_training_forward():
 
 
 def test_multiscale_shapes_for_mnist_and_unsupported_sizes():
-    assert MultiScaleFlow.supports((1, 28, 28), 3, "realnvp")
-    assert MultiScaleFlow.supports((1, 28, 28), 2, "glow")
-    assert not MultiScaleFlow.supports((1, 28, 28), 3, "glow")
-    assert not MultiScaleFlow.supports((1, 28, 28), 4, "realnvp")
-    assert MultiScaleFlow.supports((3, 32, 32), 5, "glow")
-    flow = MultiScaleFlow((1, 28, 28), n_scales=2, steps_per_scale=1, kind="glow", hidden=4, n_blocks=1)
+    assert supports((1, 28, 28), 3, "realnvp")
+    assert supports((1, 28, 28), 2, "glow")
+    assert not supports((1, 28, 28), 3, "glow")
+    assert not supports((1, 28, 28), 4, "realnvp")
+    assert supports((3, 32, 32), 5, "glow")
+    flow = build_flow("glow", (1, 28, 28), n_scales=2, steps_per_scale=1, hidden=4, n_blocks=1)
     assert flow.z_shapes == [(2, 14, 14), (8, 7, 7)]
     with pytest.raises(ValueError, match=r"divisible by 8, got 28x28: use n_scales <= 2"):
-        MultiScaleFlow((1, 28, 28), n_scales=3, kind="glow")
+        build_flow("glow", (1, 28, 28), n_scales=3)
     with pytest.raises(ValueError, match="kind"):
-        MultiScaleFlow((1, 28, 28), kind="maf")
+        build_flow("maf", (1, 28, 28))
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
@@ -291,3 +292,44 @@ def test_bits_per_dim_of_uniform_model_is_n_bits():
     # A standard normal on y's logit: bits/dim = -(log N(z0) + logdet - D log 256) / (D log 2).
     expected = -(standard_normal_log_prob(z0) + logdet - d * math.log(256)) / (d * math.log(2))
     torch.testing.assert_close(bits_per_dim(standard_normal_log_prob(z0) + logdet, d), expected)
+
+
+# ----------------------------------------------------------------------------- NICE
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 3)])
+def test_diagonal_scaling_logdet_and_inverse(shape):
+    layer = perturb(DiagonalScaling(shape), std=0.5)
+    check_layer(layer, torch.randn(3, *shape, dtype=torch.float64))
+    assert layer(torch.randn(2, *shape, dtype=torch.float64))[1].tolist() == [layer.log_scale.sum().item()] * 2
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_additive_coupling_preserves_volume(parity):
+    layer = perturb(AffineCoupling(6, "alternate", parity, hidden=16, n_blocks=2, scale="additive"), std=0.3)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    check_layer(layer, x)  # brute-force log|det| == 0
+    z, logdet = layer(x)
+    assert torch.equal(logdet, torch.zeros(3, dtype=torch.float64))
+    kept = (torch.arange(6) + parity) % 2 == 0
+    assert torch.equal(z[:, kept], x[:, kept]) and not torch.allclose(z[:, ~kept], x[:, ~kept])
+    assert not any(n == "scale_factor" for n, _ in layer.named_parameters())  # no unused parameter
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4), (4,)])
+def test_nice_logdet_is_the_scaling_and_matches_brute_force(shape):
+    flow = perturb(build_flow("nice", shape, n_layers=4, hidden=16, n_blocks=1), std=0.2)
+    x = torch.randn(3, *shape, dtype=torch.float64)
+    check_layer(flow, x)  # brute-force Jacobian of the flattened map, exact inverse
+    scaling = flow.layers[-1]
+    assert isinstance(scaling, DiagonalScaling) and len(flow.layers) == 5
+    torch.testing.assert_close(flow(x)[1], scaling.log_scale.sum().expand(3))
+    assert flow.inverse(flow(x)[0]).shape == x.shape
+
+
+def test_nice_on_points_is_a_density():
+    flow = perturb(build_flow("nice", (2,), n_layers=4, hidden=16, n_blocks=1), std=0.2)
+    t = torch.linspace(-12, 12, 481, dtype=torch.float64)
+    with torch.no_grad():
+        mass = flow.log_prob(torch.cartesian_prod(t, t)).exp().sum() * (t[1] - t[0]) ** 2
+    assert abs(mass.item() - 1) < 2e-3

@@ -77,10 +77,10 @@ def test_weight_clipping_bounds():
 def test_ns_and_minimax_generator_gradients():
     # At D(G(z)) -> 0 (logit very negative) the minimax loss saturates; the NS loss does not.
     logit = torch.tensor([-8.0], requires_grad=True)
-    build_loss("minimax").generator(logit).backward()
+    build_loss("minimax").generator(None, logit).backward()
     g_minimax = logit.grad.abs().item()
     logit.grad = None
-    build_loss("ns").generator(logit).backward()
+    build_loss("ns").generator(None, logit).backward()
     g_ns = logit.grad.abs().item()
     assert g_minimax == pytest.approx(torch.sigmoid(torch.tensor(-8.0)).item(), rel=1e-5)
     assert g_ns == pytest.approx(1 - torch.sigmoid(torch.tensor(-8.0)).item(), rel=1e-5)

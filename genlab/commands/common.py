@@ -42,17 +42,17 @@ class LoadedRun:
 
 def load_run(run: str, which: str = "last", device: str = "auto") -> LoadedRun:
     """Rebuild the model of a run folder (or .pt) from its checkpoint's config and weights."""
-    from genlab import models
+    from genlab.config import build_model
     from genlab.data import Spec
+    from genlab.device import resolve_device
     from genlab.engine import checkpoint as ckpt
-    from genlab.engine.trainer import resolve_device
 
     path = ckpt.resolve(run, which)
     state = ckpt.load(path)
     cfg = OmegaConf.create(state["config"])
     s = state["spec"]
     spec = Spec(s["kind"], tuple(s["shape"]), s["num_classes"], s.get("binarized", False))
-    model = models.build(cfg, spec)
+    model = build_model(cfg, spec)
     ckpt.load_model_state(model, state["model"], path)
     model.to(resolve_device(device)).eval()
     return LoadedRun(model, cfg, spec, {**s, "step": state["step"]}, path)

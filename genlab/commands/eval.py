@@ -40,12 +40,13 @@ def run_data(run, root: str | None = None):
 
 def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None):
     """An Evaluator from eval.yaml's settings (also used by tests and scripts)."""
+    from genlab import data as data_lib
     from genlab.metrics import featurenet as fnet
     from genlab.metrics.evaluator import Evaluator
 
     e = cfg.eval
     fn = OmegaConf.to_container(cfg.featurenet, resolve=True)
-    fd = fnet.full_dataset(dcfg, data) if data.kind == "image" and data.num_classes else None
+    fd = data_lib.full_dataset(dcfg, data) if data.kind == "image" and data.num_classes else None
     return Evaluator(data, metrics=metrics, num_samples=num_samples, seed=int(cfg.seed), split=str(cfg.split),
                      featurenet=fn, inception_weights=e.inception_weights, device=device,
                      memorization_samples=e.memorization_samples, prdc_max=e.prdc_max, prdc_k=e.prdc_k,
@@ -79,7 +80,7 @@ def table(rows: list[dict]) -> str:
 def evaluate_run(cfg: DictConfig) -> dict:
     """The `genlab eval` command; returns the eval.json content."""
     from genlab import viz
-    from genlab.engine.trainer import resolve_device
+    from genlab.device import resolve_device
     from genlab.metrics.evaluator import better
 
     t0 = time.perf_counter()

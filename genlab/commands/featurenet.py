@@ -13,10 +13,11 @@ register_configs()
 
 def featurenet(cfg: DictConfig):
     """The `genlab featurenet` command; returns the FeatureNet."""
-    from genlab.engine.trainer import resolve_device
+    from genlab import data as data_lib
+    from genlab.device import resolve_device
     from genlab.metrics import featurenet as fnet
 
-    data = fnet.full_dataset(cfg.dataset)
+    data = data_lib.full_dataset(cfg.dataset)
     fn = OmegaConf.to_container(cfg.featurenet, resolve=True)
     cache = fn.pop("cache_dir", None)
     recipe = fnet.recipe_for(data, **fn)

@@ -6,7 +6,6 @@ float32 (N, D) for toy data; `labels` int64 (N,) when the model is conditional.
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import hydra
@@ -185,13 +184,13 @@ def sample(cfg: DictConfig) -> Path:
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
-    if hasattr(run.model, "translate"):
+    if run.model.translates:
         return translate(cfg, run, out)
     if cfg.get("input") is not None:
         raise GenlabError("input= is for image-to-image models (cyclegan); this model samples from noise")
     kwargs = {}
     if cfg.get("temperature") is not None:
-        if "temperature" not in inspect.signature(run.model.sample).parameters:
+        if not run.model.accepts_temperature:
             raise GenlabError(f"temperature= applies to flows; {run.cfg.model.name} has no sampling temperature "
                               "(GANs: use truncation=)")
         if cfg.temperature <= 0:
@@ -200,7 +199,7 @@ def sample(cfg: DictConfig) -> Path:
     truncation = cfg.get("truncation")
     n, nrow = int(cfg.num_samples), cfg.nrow
     labels = None
-    if getattr(run.model, "conditional", False):
+    if run.model.conditional:
         labels = parse_labels(cfg.get("labels"), n, run.spec.num_classes)
     elif cfg.get("labels") is not None:
         raise GenlabError("labels= needs a class-conditional model (cgan, acgan)")

@@ -42,7 +42,8 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
     from genlab import data as data_lib
     from genlab.config import model_class, validate
     from genlab.engine import checkpoint as ckpt
-    from genlab.engine.trainer import Trainer, resolve_device
+    from genlab.device import resolve_device
+    from genlab.engine.trainer import Trainer
 
     mcfg = validate(cfg)
     if run_dir is None:
@@ -123,10 +124,10 @@ def log_hparams(trainer, overrides: list[str]) -> None:
 
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
-    from genlab.metrics import featurenet as fnet
+    from genlab import data as data_lib
     from genlab.metrics.evaluator import Evaluator
 
-    fd = fnet.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
+    fd = data_lib.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
     metrics = list(cfg.trainer.eval_metrics) if cfg.trainer.eval_metrics else None
     return Evaluator(data, metrics=metrics, num_samples=int(cfg.trainer.eval_samples), seed=int(cfg.seed),
                      featurenet_data=fd)

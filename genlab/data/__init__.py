@@ -8,7 +8,7 @@ from hydra.utils import get_method
 from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
 
-__all__ = ["Data", "Spec", "build", "expected_spec"]
+__all__ = ["Data", "Spec", "build", "expected_spec", "full_dataset"]
 
 
 def _loader(cfg):
@@ -27,3 +27,16 @@ def expected_spec(cfg) -> Spec:
     """The Spec a dataset config will produce (a loader declares it via its `spec` attribute)."""
     fn = _loader(cfg)
     return fn.spec(cfg)
+
+
+def full_dataset(dataset_cfg, data=None) -> Data:
+    """The labelled dataset a feature network trains on: the whole of it (no dataset.limit/classes),
+    so that runs trained on subsets are still scored by the same network; `data` is reused if it
+    already is the whole dataset."""
+    from omegaconf import OmegaConf
+
+    if data is not None and dataset_cfg.get("limit") is None and dataset_cfg.get("classes") is None:
+        return data
+    cfg = OmegaConf.create(OmegaConf.to_container(dataset_cfg, resolve=True))
+    cfg.limit, cfg.classes = None, None
+    return build(cfg, "cpu")

@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from genlab.models.base import Batch
+from genlab.types import Batch, Spec
 
-
-@dataclass
-class Spec:
-    """What a model needs to know about its data to size its networks."""
-
-    kind: str  # 'image' or 'points'
-    shape: tuple  # (C, H, W) or (D,)
-    num_classes: int | None = None
-    binarized: bool = False  # image pixels are exactly -1 or 1
-    domains: int = 1  # 2 for unpaired two-domain data (batches: x from domain A, y from domain B)
+__all__ = ["Batch", "Data", "Spec"]
 
 
 class Data:

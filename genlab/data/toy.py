@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
-from genlab.metrics.toy import GRID25_STD, RING8_STD, grid25_centers, ring8_centers
+
+# The canonical geometries of the PacGAN 2D-ring and 2D-grid experiments.
+RING8_STD = 0.01
+GRID25_STD = 0.05
+
+
+def ring8_centers(radius: float = 1.0) -> torch.Tensor:
+    """Centres (8, 2) of the 2D-ring: 8 equally spaced on a circle (use with RING8_STD = 0.01)."""
+    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+    return torch.stack([angles.cos(), angles.sin()], 1).mul(radius).float()
+
+
+def grid25_centers() -> torch.Tensor:
+    """Centres (25, 2) of the 2D-grid {-4, -2, 0, 2, 4}^2 (use with GRID25_STD = 0.05)."""
+    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
+    return torch.cartesian_prod(axis, axis)
 
 
 # name -> (centres, std, plot half-width)

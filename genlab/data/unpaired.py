@@ -13,14 +13,14 @@ from omegaconf import OmegaConf
 
 from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
-from genlab.models.base import Batch
+from genlab.types import Batch
 
 _OWN_KEYS = ("domain_a", "domain_b", "name", "_target_")
 
 
 def domain_config(cfg, key: str):
     """The full dataset node of one domain: its own keys over the shared ones, with a loader picked."""
-    from genlab.config import DatasetConfig
+    from genlab.data.schema import DatasetConfig
 
     node = cfg.get(key)
     if not node:

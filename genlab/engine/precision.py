@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from genlab.models.base import StepContext
+from genlab.types import StepContext
 
 DTYPES = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 

@@ -18,28 +18,14 @@ import torch
 from omegaconf import OmegaConf
 
 from genlab import __version__
+from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.errors import GenlabError
+from genlab.types import Batch
 
 log = logging.getLogger("genlab")
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; an unavailable cuda is a user error."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GenlabError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto")
-        idx = torch.device(name).index or 0
-        if idx >= torch.cuda.device_count():
-            raise GenlabError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise GenlabError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
-    return torch.device(name)
 
 
 def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
@@ -193,9 +179,11 @@ class Trainer:
         while self.step < t.max_steps:
             log_now = t.log_every and (self.step + 1) % t.log_every == 0
             for s in self.schedule:
+                if not s.due(self.step):
+                    continue
                 self._train_only(s.optimizer)
                 for _ in range(s.repeat):
-                    batch = self.data.next(t.batch_size)
+                    batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
                     with self.precision.autocast():
                         loss, logs = s.fn(batch, self.precision.context(self.step, s.optimizer))
                     norm = self.precision.backward_and_step(

@@ -7,11 +7,10 @@ from genlab.metrics.kid import kid, mmd2_unbiased, polynomial_kernel
 from genlab.metrics.likelihood import bits_per_dim, logmeanexp, nats_from_bpd
 from genlab.metrics.memorization import memorization_ratio, nearest_neighbours
 from genlab.metrics.prdc import prdc
-from genlab.metrics.toy import GRID25_STD, RING8_STD, grid25_centers, mode_metrics, ring8_centers
+from genlab.metrics.toy import mode_metrics
 
 __all__ = [
-    "GRID25_STD", "RING8_STD", "bits_per_dim", "class_coverage", "conditional_accuracy",
-    "feature_stats", "fid_from_features", "fid_from_stats", "grid25_centers", "inception_score",
-    "kid", "logmeanexp", "memorization_ratio", "mmd2_unbiased", "nats_from_bpd",
-    "nearest_neighbours", "polynomial_kernel", "prdc", "mode_metrics", "ring8_centers",
+    "bits_per_dim", "class_coverage", "conditional_accuracy", "feature_stats", "fid_from_features",
+    "fid_from_stats", "inception_score", "kid", "logmeanexp", "memorization_ratio", "mmd2_unbiased",
+    "nats_from_bpd", "nearest_neighbours", "polynomial_kernel", "prdc", "mode_metrics",
 ]

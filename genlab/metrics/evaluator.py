@@ -121,11 +121,11 @@ class Evaluator:
         labelled = not self.points and self.data.num_classes is not None
         if labelled:
             ok += ["is", "classes"]
-            if model is not None and getattr(model, "conditional", False):
+            if model is not None and model.conditional:
                 ok.append("cond_acc")
         if self.points and "centers" in self.data.info:
             ok.append("modes")
-        if model is not None and getattr(model, "family", "") == "likelihood":
+        if model is not None and model.family == "likelihood":
             ok.append("nll")
         wanted = self.requested or list(GROUPS)
         return [g for g in wanted if g in ok]
@@ -190,7 +190,7 @@ class Evaluator:
         dev = next(model.parameters()).device
         g = torch.Generator(dev).manual_seed(self.seed)
         labels = None
-        if getattr(model, "conditional", False) and self.data.num_classes:
+        if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
         out = []
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
@@ -261,8 +261,9 @@ class Evaluator:
         out = self.score(x, groups, labels)
         if "nll" in groups:
             res = model.evaluate(self.data)
-            # Likelihood models also return their protocol (binarisation, decoder, k): keep it with the numbers.
-            protocol = {k: v for k, v in res.items() if isinstance(v, str)}
+            # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a
+            # float): keep it with the numbers.
+            protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
             n = int(res.get("eval_images", len(self.data.raw("test"))))
             for k, v in res.items():
                 if k not in protocol:
@@ -307,7 +308,7 @@ class Evaluator:
         """Scalars for the trainer's periodic evaluation (no likelihood: the trainer asks the model)."""
         groups = [g for g in self.groups(model) if g != "nll"]
         if self.requested is None:
-            if getattr(model, "slow_sampling", False):
+            if model.slow_sampling:
                 return {}  # e.g. PixelCNN: H*W*C passes per sample; its NLL is the periodic metric
             groups = [g for g in groups if g in CHEAP_GROUPS]
         if not groups:  # e.g. eval_metrics=[nll]: the trainer asks the model itself

@@ -233,18 +233,3 @@ class InceptionNet:
             feats.append(f.float().cpu())
             probs.append(F.softmax(logits.double(), 1).float().cpu())
         return torch.cat(feats), torch.cat(probs)
-
-
-def full_dataset(dataset_cfg, data=None):
-    """The labelled dataset a feature network trains on: the whole of it (no dataset.limit/classes),
-    so that runs trained on subsets are still scored by the same network; `data` is reused if it
-    already is the whole dataset."""
-    from omegaconf import OmegaConf
-
-    from genlab import data as data_lib
-
-    if data is not None and dataset_cfg.get("limit") is None and dataset_cfg.get("classes") is None:
-        return data
-    cfg = OmegaConf.create(OmegaConf.to_container(dataset_cfg, resolve=True))
-    cfg.limit, cfg.classes = None, None
-    return data_lib.build(cfg, "cpu")

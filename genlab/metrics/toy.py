@@ -4,30 +4,12 @@ A sample is *high quality* when it lies within `threshold` standard deviations o
 centre. A mode is *captured* when at least `min_count` high-quality samples have it as their nearest
 centre; with the papers' `min_count=1` a single sample suffices. Reverse KL is KL(q || uniform) of
 the histogram q of high-quality samples over modes (0 for perfect balance, log M for full collapse).
+The centres and std come from the data (genlab.data.toy) as arguments.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-
-# The canonical geometries of the PacGAN 2D-ring and 2D-grid experiments.
-RING8_STD = 0.01
-GRID25_STD = 0.05
-
-
-def ring8_centers(radius: float = 1.0) -> torch.Tensor:
-    """Centres (8, 2) of the 2D-ring: 8 equally spaced on a circle (use with RING8_STD = 0.01)."""
-    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    return torch.stack([angles.cos(), angles.sin()], 1).mul(radius).float()
-
-
-def grid25_centers() -> torch.Tensor:
-    """Centres (25, 2) of the 2D-grid {-4, -2, 0, 2, 4}^2 (use with GRID25_STD = 0.05)."""
-    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-    return torch.cartesian_prod(axis, axis)
-
 
 def mode_metrics(samples: torch.Tensor, centers: torch.Tensor, std: float, threshold: float = 3.0,
                  min_count: int = 1) -> dict[str, float]:

@@ -2,46 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from genlab.types import Batch, Spec, Step, StepContext
 
-@dataclass
-class Batch:
-    """One training batch on the training device: x in [-1, 1] (images) or raw coordinates (points)."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
+# Batch, Step and StepContext live in genlab.types; imported from here by the model modules.
+__all__ = ["Batch", "Model", "ModelConfig", "NetConfig", "Spec", "Step", "StepContext", "conv_size_problem"]
 
 
 @dataclass
-class StepContext:
-    """What a step function may need from the loop: the global step and loss scaling for autograd.grad."""
+class ModelConfig:
+    """The options of a model that declares none of its own."""
 
-    step: int
-    scale: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
-    inv_scale: Callable[[], float] = lambda: 1.0
-
-
-LossFn = Callable[[Batch, StepContext], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
-
-
-@dataclass
-class Step:
-    """One phase of a trainer step: `repeat` times draw a batch, compute fn's loss, update `optimizer`'s params."""
-
-    name: str
-    optimizer: str
-    fn: LossFn
-    repeat: int = 1
-    after: Callable[[], None] | None = None
-    extra: dict = field(default_factory=dict)
+    name: str = "model"
 
 
 class Model(nn.Module):
@@ -58,6 +34,17 @@ class Model(nn.Module):
     conditional: bool = False
     #: sampling is too slow for the trainer's periodic sample-based metrics (autoregressive models)
     slow_sampling: bool = False
+    #: translates images between two domains (`translate(x, direction)`) rather than sampling noise
+    translates: bool = False
+    #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
+    accepts_temperature: bool = False
+    #: the typed options (model.*); config.py merges the composed model node into it
+    Config = ModelConfig
+
+    @classmethod
+    def check(cls, cfg, spec: Spec) -> str | None:
+        """Why cfg cannot work on data of this spec (None if it can); runs before any data is loaded."""
+        return None
 
     def __init__(self, cfg, spec):
         super().__init__()

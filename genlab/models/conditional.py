@@ -18,10 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab import nets
-from genlab.models.base import Batch, Model, StepContext
-from genlab.models.gan import GAN, GANConfig, _diagnostics
-from genlab.models.losses import build_loss
-from genlab.models.penalties import gradient_penalty, interpolates
+from genlab.models.base import Batch
+from genlab.models.gan import GAN, GANConfig, Side
 
 D_CONDITIONING = ("projection", "concat", "none")
 
@@ -110,7 +108,8 @@ def wrong_labels(y: torch.Tensor, num_classes: int) -> torch.Tensor:
 def discriminator_loss_with_wrong_labels(loss, d_real, d_fake, d_wrong, weight: float) -> torch.Tensor:
     """real as real; (1 - w) * fake-with-its-label + w * real-with-a-wrong-label as fake (GAN-CLS at w = 1/2).
 
-    Every loss in the table is a sum of a real and a fake term, so mixing two calls mixes only the fake terms.
+    For a loss that is a sum of a real and a fake term (all but the relativistic ones), mixing two calls
+    mixes only the fake terms; for RaGAN it mixes the two relativistic games.
     """
     if weight == 0 or d_wrong is None:
         return loss.discriminator(d_real, d_fake)
@@ -140,15 +139,11 @@ class ConditionalGAN(GAN):
             return "model.embed_dim must be >= 0 (0 = one-hot) and model.class_weight >= 0"
         return super().check(cfg, spec)
 
-    def __init__(self, cfg, spec):
-        Model.__init__(self, cfg, spec)
+    def build_networks(self, cfg, spec):
         self.num_classes = int(spec.num_classes)
-        self.generator = ConditionalGenerator(cfg.generator, spec, cfg.z_dim, self.num_classes, cfg.embed_dim)
-        self.discriminator = ConditionalDiscriminator(cfg.discriminator, spec, self.num_classes,
-                                                      cfg.d_conditioning, cfg.aux_classifier)
-        self.loss = build_loss(cfg.loss, **cfg.loss_params)
-        self.critic_name = "critic" if cfg.loss == "wasserstein" else "discriminator"
-        self.init_ema()
+        return (ConditionalGenerator(cfg.generator, spec, cfg.z_dim, self.num_classes, cfg.embed_dim),
+                ConditionalDiscriminator(cfg.discriminator, spec, self.num_classes, cfg.d_conditioning,
+                                         cfg.aux_classifier))
 
     def random_labels(self, n: int, device) -> torch.Tensor:
         return torch.randint(self.num_classes, (n,), device=device)
@@ -157,48 +152,42 @@ class ConditionalGAN(GAN):
         """AC-GAN's L_C as a loss: the negative class log-likelihood, mean over the batch."""
         return F.cross_entropy(logits.float(), y)
 
-    def discriminator_step(self, batch: Batch, ctx: StepContext):
-        real, y = batch.x, batch.y
-        if y is None:
-            raise RuntimeError("a conditional GAN needs labelled batches")
-        y_fake = self.random_labels(len(batch), real.device)
-        fake = self.generator(self._noise(len(batch)), y_fake).detach()
-        d_real, c_real = self.discriminator(real, y)
-        d_fake, c_fake = self.discriminator(fake, y_fake)
-        d_wrong = None
-        if self.cfg.wrong_label_weight > 0:
-            d_wrong, _ = self.discriminator(real, wrong_labels(y, self.num_classes))
-        adv = discriminator_loss_with_wrong_labels(self.loss, d_real, d_fake, d_wrong, self.cfg.wrong_label_weight)
-        logs = _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
-        logs["adversarial"] = adv.detach()
-        loss = adv
-        if d_wrong is not None:
-            logs["wrong_label_loss"] = self.loss.discriminator(d_real, d_wrong).detach()
-            logs["D_x_wrong_label"] = (torch.sigmoid(d_wrong) if self.cfg.loss in ("ns", "minimax") else d_wrong).detach().float().mean()
-        if c_real is not None:
-            cls = self.class_loss(c_real, y) + self.class_loss(c_fake, y_fake)
-            loss = loss + self.cfg.class_weight * cls
-            logs["class_loss"] = cls.detach()
-            logs["class_accuracy_real"] = (c_real.argmax(1) == y).float().mean()
-        if self.cfg.gp_weight > 0:
-            gp = gradient_penalty(lambda x: self.discriminator(x, y)[0], interpolates(real, fake), ctx,
-                                  self.cfg.gp_center)
-            loss = loss + self.cfg.gp_weight * gp
-            logs["gradient_penalty"] = gp.detach()
-        return loss, logs
+    # ---- the GAN template's hooks: fakes come with random labels, D sees (x, y) ------------------
+    def fake(self, n):
+        y = self.random_labels(n, self.device)
+        return self.generator(self._noise(n), y), y
 
-    def generator_step(self, batch: Batch, ctx: StepContext):
-        y_fake = self.random_labels(len(batch), batch.x.device)
-        fake = self.generator(self._noise(len(batch)), y_fake)
-        d_fake, c_fake = self.discriminator(fake, y_fake)
-        adv = self.loss.generator(d_fake)
-        loss, logs = adv, {"adversarial": adv.detach()}
-        if c_fake is not None:
-            cls = self.class_loss(c_fake, y_fake)
-            loss = loss + self.cfg.class_weight * cls
-            logs["class_loss"] = cls.detach()
-            logs["class_accuracy_fake"] = (c_fake.argmax(1) == y_fake).float().mean()
-        return loss, logs
+    def real_condition(self, batch: Batch):
+        if batch.y is None:
+            raise RuntimeError("a conditional GAN needs labelled batches")
+        return batch.y
+
+    def critic(self, x, cond):
+        return self.discriminator(x, cond)
+
+    def discriminator_terms(self, real: Side, fake: Side, batch: Batch):
+        extra, logs = 0.0, {}
+        if self.cfg.wrong_label_weight > 0:
+            # GAN-CLS: real images with wrong labels replace a share w of the fakes
+            d_wrong, _ = self.discriminator(real.x, wrong_labels(real.cond, self.num_classes))
+            w = self.cfg.wrong_label_weight
+            wrong = self.loss.discriminator(real.d, d_wrong)
+            adv = discriminator_loss_with_wrong_labels(self.loss, real.d, fake.d, d_wrong, w)
+            extra = adv - self.loss.discriminator(real.d, fake.d)
+            logs.update(adversarial=adv.detach(), wrong_label_loss=wrong.detach(),
+                        D_x_wrong_label=self.loss.belief(d_wrong.detach().float()).mean())
+        if real.aux is not None:
+            cls = self.class_loss(real.aux, real.cond) + self.class_loss(fake.aux, fake.cond)
+            extra = extra + self.cfg.class_weight * cls
+            logs.update(class_loss=cls.detach(), class_accuracy_real=(real.aux.argmax(1) == real.cond).float().mean())
+        return extra, logs
+
+    def generator_terms(self, fake: Side, adversarial):
+        if fake.aux is None:
+            return 0.0, {}
+        cls = self.class_loss(fake.aux, fake.cond)
+        return self.cfg.class_weight * cls, {"class_loss": cls.detach(),
+                                             "class_accuracy_fake": (fake.aux.argmax(1) == fake.cond).float().mean()}
 
     def labels_for(self, n: int, labels, device) -> torch.Tensor:
         """labels as an (n,) long tensor: None cycles through the classes, an int repeats."""
@@ -215,9 +204,8 @@ class ConditionalGAN(GAN):
 
     @torch.no_grad()
     def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
-        dev = next(self.generator.parameters()).device
         z = noise if noise is not None else self.latent(n, generator)
-        return self.sampler(z.to(dev), self.labels_for(n, labels, dev)).float()
+        return self.sampler(z.to(self.device), self.labels_for(n, labels, self.device)).float()
 
     @torch.no_grad()
     def visuals(self, fixed, data):

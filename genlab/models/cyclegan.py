@@ -15,9 +15,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from genlab.engine.ema import EMA
 from genlab.models.base import Batch, Model, Step, StepContext
-from genlab.models.losses import LOSSES, build_loss
+from genlab.models.ema import EMA
+from genlab.models.losses import build_loss, loss_problem
 from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
 from genlab.nets.spectral import apply_spectral_norm
 
@@ -85,14 +85,16 @@ class CycleGAN(Model):
     """G: A -> B, F: B -> A with D_B and D_A; adversarial + cycle (+ identity) losses."""
 
     Config = CycleGANConfig
+    translates = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
         if spec.kind != "image" or getattr(spec, "domains", 1) != 2:
             return ("model cyclegan needs two unpaired image domains: use dataset=unpaired_sneaker_sandal "
                     "or dataset=unpaired_folders dataset.domain_a.path=DIR dataset.domain_b.path=DIR")
-        if cfg.loss not in LOSSES:
-            return f"model.loss={cfg.loss} is unknown; choose one of {', '.join(LOSSES)}"
+        problem = loss_problem(cfg.loss, cfg.loss_params)
+        if problem:
+            return problem
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
             return "model.cycle_weight, identity_weight, adversarial_weight and pool_size must be >= 0"
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
@@ -132,12 +134,17 @@ class CycleGAN(Model):
         return [Step("generator", "generator", self.generator_step, after=self.update_ema),
                 Step("discriminator", "discriminator", self.discriminator_step)]
 
+    def adversarial(self, discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        """G's adversarial loss against one domain's D (D(real) only when the loss uses it)."""
+        d_real = discriminator(real).detach() if self.loss.generator_needs_real else None
+        return self.loss.generator(d_real, discriminator(fake))
+
     def generator_step(self, batch: Batch, ctx: StepContext):
         a, b = batch.x, batch.y
         G, F = self.generator["a2b"], self.generator["b2a"]
         fake_b, fake_a = G(a), F(b)
-        adv_a2b = self.loss.generator(self.discriminator["b"](fake_b))
-        adv_b2a = self.loss.generator(self.discriminator["a"](fake_a))
+        adv_a2b = self.adversarial(self.discriminator["b"], b, fake_b)
+        adv_b2a = self.adversarial(self.discriminator["a"], a, fake_a)
         cyc_a = (F(fake_b) - a).abs().mean()
         cyc_b = (G(fake_a) - b).abs().mean()
         loss = self.cfg.adversarial_weight * (adv_a2b + adv_b2a) + self.cfg.cycle_weight * (cyc_a + cyc_b)

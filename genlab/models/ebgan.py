@@ -13,17 +13,16 @@ import torch
 from torch import nn
 
 from genlab import nets
-from genlab.models.base import Batch, Model, StepContext
-from genlab.models.gan import GAN, GANConfig
-from genlab.models.losses import EBGAN as EBGANLoss
-from genlab.models.losses import pulling_away_term
+from genlab.models.gan import GAN, GANConfig, Side
+from genlab.models.losses import LOSSES, pulling_away_term
 
 
 @dataclass
 class EBGANConfig(GANConfig):
     name: str = "ebgan"
     loss: str = "ebgan"
-    margin: float = 1.0  # m: fake energies above it stop pushing D
+    # m: fake energies above it stop pushing D; in units of the per-coordinate squared error (see ebgan.yaml)
+    margin: float = 0.1
     code_dim: int = 64  # the auto-encoder's bottleneck
     pt_weight: float = 0.0  # the pulling-away term's weight (the paper's EBGAN-PT uses 0.1)
 
@@ -50,44 +49,31 @@ class EBGAN(GAN):
 
     @classmethod
     def check(cls, cfg, spec):
-        if cfg.loss != "ebgan":
-            return f"EBGAN's loss is its margin hinge on energies: model.loss must be ebgan, got {cfg.loss}"
+        if cfg.loss in LOSSES and not LOSSES[cfg.loss].reads_energies:
+            return f"EBGAN's D outputs energies: model.loss must be ebgan (a loss that reads them), got {cfg.loss}"
         if cfg.loss_params:
             return "EBGAN's loss takes model.margin, not model.loss_params; leave loss_params empty"
         if cfg.margin <= 0 or cfg.code_dim < 1 or cfg.pt_weight < 0:
             return "model.margin must be > 0, model.code_dim >= 1 and model.pt_weight >= 0"
         return super().check(cfg, spec)
 
-    def __init__(self, cfg, spec):
-        Model.__init__(self, cfg, spec)
-        self.generator = nets.generator(cfg.generator, spec, cfg.z_dim)
-        self.discriminator = AutoEncoder(cfg.discriminator, spec, cfg.code_dim)
-        self.loss = EBGANLoss(cfg.margin)
-        self.critic_name = "discriminator"
-        self.init_ema()
+    @classmethod
+    def loss_params(cls, cfg) -> dict:
+        return {"margin": cfg.margin}
 
-    def critic_values(self, x):
-        """D's energy (low = judged real) (for the toy heat-maps)."""
-        return self.discriminator(x)[0]
+    def build_networks(self, cfg, spec):
+        return nets.generator(cfg.generator, spec, cfg.z_dim), AutoEncoder(cfg.discriminator, spec, cfg.code_dim)
 
-    def discriminator_step(self, batch: Batch, ctx: StepContext):
-        fake = self.generator(self._noise(len(batch))).detach()
-        e_real, _ = self.discriminator(batch.x)
-        e_fake, _ = self.discriminator(fake)
-        loss = self.loss.discriminator(e_real, e_fake)
-        return loss, {"energy_real": e_real.detach().mean(), "energy_fake": e_fake.detach().mean(),
-                      "fakes_below_margin": (e_fake.detach() < self.cfg.margin).float().mean()}
+    def critic(self, x, cond):
+        """(energies (N,) (low = judged real), codes)."""
+        return self.discriminator(x)
 
-    def generator_step(self, batch: Batch, ctx: StepContext):
-        fake = self.generator(self._noise(len(batch)))
-        e_fake, code = self.discriminator(fake)
-        loss = self.loss.generator(e_fake)
-        logs = {"energy": e_fake.detach().mean()}
-        if self.cfg.pt_weight > 0:
-            pt = pulling_away_term(code.float())
-            loss = loss + self.cfg.pt_weight * pt
-            logs["pulling_away"] = pt.detach()
-        return loss, logs
+    def generator_terms(self, fake: Side, adversarial):
+        logs = {"energy": adversarial.detach()}
+        if self.cfg.pt_weight <= 0:
+            return 0.0, logs
+        pt = pulling_away_term(fake.aux.float())
+        return self.cfg.pt_weight * pt, {**logs, "pulling_away": pt.detach()}
 
     @torch.no_grad()
     def visuals(self, fixed, data):

@@ -1,5 +1,8 @@
-"""Unconditional GANs: one class, many games. The loss table (losses.py), the number of critic steps,
-weight clipping and the gradient penalty are config values, so GAN, WGAN and WGAN-GP are YAML files.
+"""The GAN template. One class plays every unconditional game: the loss table (losses.py), the number
+of critic steps, weight clipping, the gradient penalty, R1 and the generator EMA are config values,
+so GAN, WGAN, WGAN-GP and RaGAN are YAML files. Variants (cGAN, AC-GAN, InfoGAN, EBGAN) override
+small hooks (how G and D are built, how D sees a batch, extra terms for each player) and so inherit
+every regulariser written here.
 """
 
 from __future__ import annotations
@@ -10,10 +13,10 @@ from typing import Any, Optional
 import torch
 
 from genlab import nets
-from genlab.engine.ema import EMA
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
-from genlab.models.losses import LOSSES, build_loss
-from genlab.models.penalties import clip_weights, gradient_penalty, interpolates
+from genlab.models.ema import EMA
+from genlab.models.losses import AdversarialLoss, build_loss, loss_problem
+from genlab.models.penalties import clip_weights, gradient_penalty, interpolates, r1_penalty
 
 
 @dataclass
@@ -26,10 +29,24 @@ class GANConfig:
     clip: Optional[float] = None
     gp_weight: float = 0.0
     gp_center: float = 1.0
+    # R1 (Mescheder et al. 2018): (r1_weight / 2) E||grad D(x_real)||^2; r1_every > 1 runs it lazily as its
+    # own step every that many trainer steps, scaled by the interval (StyleGAN2).
+    r1_weight: float = 0.0
+    r1_every: int = 1
     generator: NetConfig = field(default_factory=NetConfig)
     discriminator: NetConfig = field(default_factory=NetConfig)
     # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
     ema_decay: Optional[float] = None
+
+
+@dataclass
+class Side:
+    """One side of a discriminator step: the inputs, their condition (labels, codes) and D's outputs."""
+
+    x: torch.Tensor
+    cond: Any
+    d: torch.Tensor  # adversarial scores
+    aux: Any = None  # whatever else D's heads return (class logits, Q's codes, auto-encoder codes)
 
 
 class GAN(Model):
@@ -40,16 +57,19 @@ class GAN(Model):
     @classmethod
     def check(cls, cfg, spec) -> str | None:
         """Why cfg cannot work on data of this spec (None if it can)."""
-        if cfg.loss not in LOSSES:
-            return f"model.loss={cfg.loss} is unknown; choose one of {', '.join(LOSSES)}"
+        problem = loss_problem(cfg.loss, cls.loss_params(cfg))
+        if problem:
+            return problem
         if cfg.n_critic < 1:
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
         if cfg.z_dim < 1:
             return f"model.z_dim must be >= 1, got {cfg.z_dim}"
         if cfg.clip is not None and cfg.clip <= 0:
             return f"model.clip must be > 0 (or null for no clipping), got {cfg.clip}"
-        if cfg.gp_weight < 0:
-            return f"model.gp_weight must be >= 0, got {cfg.gp_weight}"
+        if cfg.gp_weight < 0 or cfg.r1_weight < 0:
+            return f"model.gp_weight and model.r1_weight must be >= 0, got {cfg.gp_weight} and {cfg.r1_weight}"
+        if cfg.r1_every < 1:
+            return f"model.r1_every must be >= 1 (1 = R1 in every discriminator step), got {cfg.r1_every}"
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
@@ -57,18 +77,44 @@ class GAN(Model):
             return conv_size_problem(spec.shape)
         return None
 
+    @classmethod
+    def loss_params(cls, cfg) -> dict:
+        """The adversarial loss's parameters (EBGAN takes its margin from model.margin)."""
+        return dict(cfg.loss_params)
+
     def __init__(self, cfg, spec):
         super().__init__(cfg, spec)
-        self.generator = nets.generator(cfg.generator, spec, cfg.z_dim)
-        self.discriminator = nets.discriminator(cfg.discriminator, spec)
-        self.loss = build_loss(cfg.loss, **cfg.loss_params)
-        self.critic_name = "critic" if cfg.loss == "wasserstein" else "discriminator"
-        self.init_ema()
+        self.generator, self.discriminator = self.build_networks(cfg, spec)
+        self.loss: AdversarialLoss = build_loss(cfg.loss, **self.loss_params(cfg))
+        self.critic_name = self.loss.role
+        self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
 
-    def init_ema(self) -> None:
-        """The EMA copy of the generator (call after self.generator exists); None when ema_decay is unset."""
-        self.generator_ema = EMA(self.generator, self.cfg.ema_decay) if self.cfg.ema_decay is not None else None
+    # ---- hooks --------------------------------------------------------------------------------------
+    def build_networks(self, cfg, spec) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """(G, D) for this variant."""
+        return nets.generator(cfg.generator, spec, cfg.z_dim), nets.discriminator(cfg.discriminator, spec)
 
+    def fake(self, n: int) -> tuple[torch.Tensor, Any]:
+        """n generated samples and the condition they were made under (None: unconditional)."""
+        return self.generator(self._noise(n)), None
+
+    def real_condition(self, batch: Batch) -> Any:
+        """The condition D judges a real batch under (None: unconditional)."""
+        return None
+
+    def critic(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
+        """How D sees a batch: (adversarial scores, auxiliary outputs)."""
+        return self.discriminator(x), None
+
+    def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
+        """Extra terms of D's loss (0 and no logs here)."""
+        return 0.0, {}
+
+    def generator_terms(self, fake: Side, adversarial: torch.Tensor) -> tuple[Any, dict]:
+        """Extra terms of G's loss (0 and no logs here)."""
+        return 0.0, {}
+
+    # ---- the template -------------------------------------------------------------------------------
     def update_ema(self) -> None:
         """The generator Step's `after` hook."""
         if self.generator_ema is not None:
@@ -84,43 +130,75 @@ class GAN(Model):
 
     def schedule(self):
         after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
-        return [
-            Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic, after=after),
-            Step("generator", "generator", self.generator_step, after=self.update_ema),
-        ]
+        steps = [Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,
+                      after=after)]
+        if self.cfg.r1_weight > 0 and self.cfg.r1_every > 1:
+            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
+        steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
+                          needs_data=self.loss.generator_needs_real))
+        return steps
 
     def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else next(self.parameters()).device
+        dev = generator.device if generator is not None else self.device
         return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, device=next(self.generator.parameters()).device)
+        return torch.randn(n, self.cfg.z_dim, device=self.device)
 
     def discriminator_step(self, batch: Batch, ctx: StepContext):
-        real = batch.x
-        fake = self.generator(self._noise(len(batch))).detach()
-        d_real, d_fake = self.discriminator(real), self.discriminator(fake)
-        loss = self.loss.discriminator(d_real, d_fake)
-        logs = _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
+        fake_x, fake_cond = self.fake(len(batch))
+        cond = self.real_condition(batch)
+        real = Side(batch.x, cond, *self.critic(batch.x, cond))
+        fake_x = fake_x.detach()
+        fake = Side(fake_x, fake_cond, *self.critic(fake_x, fake_cond))
+        loss = self.loss.discriminator(real.d, fake.d)
+        logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float())
+        extra, more = self.discriminator_terms(real, fake, batch)
+        if more:
+            logs["adversarial"] = loss.detach()
+            logs.update(more)
+        loss = loss + extra
         if self.cfg.gp_weight > 0:
-            gp = gradient_penalty(self.discriminator, interpolates(real, fake), ctx, self.cfg.gp_center)
+            gp = gradient_penalty(lambda x: self.critic(x, real.cond)[0], interpolates(real.x, fake.x), ctx,
+                                  self.cfg.gp_center)
             loss = loss + self.cfg.gp_weight * gp
             logs["gradient_penalty"] = gp.detach()
+        if self.cfg.r1_weight > 0 and self.cfg.r1_every == 1:
+            r1, r1_logs = self.r1_step(batch, ctx)
+            loss = loss + r1
+            logs.update(r1_logs)
         return loss, logs
 
+    def r1_step(self, batch: Batch, ctx: StepContext):
+        """(r1_weight / 2) * E||grad_x D(x_real)||^2, times r1_every when it runs lazily (StyleGAN2)."""
+        cond = self.real_condition(batch)
+        r1 = r1_penalty(lambda x: self.critic(x, cond)[0], batch.x, ctx)
+        return 0.5 * self.cfg.r1_weight * self.cfg.r1_every * r1, {"r1_penalty": r1.detach()}
+
     def generator_step(self, batch: Batch, ctx: StepContext):
-        fake = self.generator(self._noise(len(batch)))
-        return self.loss.generator(self.discriminator(fake)), {}
+        x, cond = self.fake(len(batch))
+        fake = Side(x, cond, *self.critic(x, cond))
+        d_real = None
+        if self.loss.generator_needs_real:
+            d_real = self.critic(batch.x, self.real_condition(batch))[0].detach()
+        adv = self.loss.generator(d_real, fake.d)
+        extra, logs = self.generator_terms(fake, adv)
+        if logs:
+            logs = {"adversarial": adv.detach(), **logs}
+        return adv + extra, logs
 
     @torch.no_grad()
     def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
         z = noise if noise is not None else self.latent(n, generator)
-        dev = next(self.generator.parameters()).device
-        return self.sampler(z.to(dev)).float()
+        return self.sampler(z.to(self.device)).float()
 
     def critic_values(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's scalar output per point, for the toy heat-maps (subclasses with heads pick theirs)."""
-        return self.discriminator(x)
+        """The discriminator's scalar output per point, for the toy heat-maps."""
+        return self.critic(x, None)[0]
 
     @torch.no_grad()
     def visuals(self, fixed, data):
@@ -142,20 +220,8 @@ class GAN(Model):
             bg = viz.heatmap(field.view(size, size).cpu())
             return {f"{self.critic_name}_field": viz.scatter(x, real, extent=data.extent, background=bg), **out}
         xs = torch.linspace(-data.extent, data.extent, size, device=dev).view(-1, 1)
-        d = self.critic_values(xs).float().reshape(-1).cpu()
-        if self.cfg.loss in ("ns", "minimax"):
-            # D(x) as a probability on a fixed [0, 1] axis, so saturation shows as flat 0 / 1 plateaus
-            curve, rng = torch.sigmoid(d), (0.0, 1.0)
-        else:
-            curve, rng = d, None
-        return {f"{self.critic_name}_curve": viz.plot1d(x, real, curve, extent=data.extent, curve_range=rng), **out}
-
-
-def _diagnostics(loss: str, d_real: torch.Tensor, d_fake: torch.Tensor) -> dict:
-    """What the discriminator believes: D(x), D(G(z)) for probabilistic losses, the W estimate for critics."""
-    if loss == "wasserstein":
-        return {"wasserstein": d_real.mean() - d_fake.mean(), "critic_real": d_real.mean(),
-                "critic_fake": d_fake.mean()}
-    if loss in ("ns", "minimax"):
-        return {"D_x": torch.sigmoid(d_real).mean(), "D_G_z": torch.sigmoid(d_fake).mean()}
-    return {"D_x": d_real.mean(), "D_G_z": d_fake.mean()}
+        # D's output as what it estimates (a probability on a fixed [0, 1] axis for logit losses, so
+        # saturation shows as flat 0 / 1 plateaus)
+        curve = self.loss.belief(self.critic_values(xs).float().reshape(-1)).cpu()
+        return {f"{self.critic_name}_curve": viz.plot1d(x, real, curve, extent=data.extent,
+                                                        curve_range=self.loss.output_range), **out}

@@ -13,9 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab import nets
-from genlab.models.base import Batch, Model, StepContext
-from genlab.models.gan import GAN, GANConfig, _diagnostics
-from genlab.models.losses import build_loss
+from genlab.models.gan import GAN, GANConfig, Side
 
 
 @dataclass
@@ -63,16 +61,12 @@ class InfoGAN(GAN):
             return "InfoGAN needs a code: set model.categorical (e.g. [10]) and/or model.continuous"
         return super().check(cfg, spec)
 
-    def __init__(self, cfg, spec):
-        Model.__init__(self, cfg, spec)
+    def build_networks(self, cfg, spec):
         self.cats = [int(k) for k in cfg.categorical]
         self.n_cont = int(cfg.continuous)
         self.code_dim = sum(self.cats) + self.n_cont
-        self.generator = nets.generator(cfg.generator, spec, cfg.z_dim + self.code_dim)
-        self.discriminator = InfoDiscriminator(cfg.discriminator, spec, self.code_dim, cfg.q_hidden)
-        self.loss = build_loss(cfg.loss, **cfg.loss_params)
-        self.critic_name = "critic" if cfg.loss == "wasserstein" else "discriminator"
-        self.init_ema()
+        return (nets.generator(cfg.generator, spec, cfg.z_dim + self.code_dim),
+                InfoDiscriminator(cfg.discriminator, spec, self.code_dim, cfg.q_hidden))
 
     # ---- codes ----------------------------------------------------------------------------------
     def codes(self, n: int, device, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +92,7 @@ class InfoGAN(GAN):
         return z, idx, rest[:, o:]
 
     def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else next(self.parameters()).device
+        dev = generator.device if generator is not None else self.device
         z = torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
         return self.encode(z, *self.codes(n, dev, generator))
 
@@ -117,32 +111,23 @@ class InfoGAN(GAN):
             loss = loss + 0.5 * (q_out[:, o:].float() - cont.float()).pow(2).sum(1).mean()
         return loss, bound
 
-    # ---- steps ----------------------------------------------------------------------------------
-    def _fake(self, n: int, device):
-        idx, cont = self.codes(n, device)
-        return self.generator(self.encode(self._noise(n), idx, cont)), idx, cont
+    # ---- the GAN template's hooks: fakes carry their codes, Q reads them back ------------------
+    def fake(self, n):
+        idx, cont = self.codes(n, self.device)
+        return self.generator(self.encode(self._noise(n), idx, cont)), (idx, cont)
 
-    def critic_values(self, x):
-        """D's adversarial logit (for the toy heat-maps)."""
-        return self.discriminator(x)[0]
+    def critic(self, x, cond):
+        return self.discriminator(x)
 
-    def discriminator_step(self, batch: Batch, ctx: StepContext):
-        fake, idx, cont = self._fake(len(batch), batch.x.device)
-        d_real, _ = self.discriminator(batch.x)
-        d_fake, q = self.discriminator(fake.detach())
-        adv = self.loss.discriminator(d_real, d_fake)
-        info, bound = self.info_loss(q, idx, cont)
-        logs = _diagnostics(self.cfg.loss, d_real.detach().float(), d_fake.detach().float())
-        logs.update(adversarial=adv.detach(), info_loss=info.detach(), mi_lower_bound=bound.detach())
-        return adv + self.cfg.info_weight * info, logs
+    def _info_terms(self, fake: Side):
+        info, bound = self.info_loss(fake.aux, *fake.cond)
+        return self.cfg.info_weight * info, {"info_loss": info.detach(), "mi_lower_bound": bound.detach()}
 
-    def generator_step(self, batch: Batch, ctx: StepContext):
-        fake, idx, cont = self._fake(len(batch), batch.x.device)
-        d_fake, q = self.discriminator(fake)
-        adv = self.loss.generator(d_fake)
-        info, bound = self.info_loss(q, idx, cont)
-        return adv + self.cfg.info_weight * info, {"adversarial": adv.detach(), "info_loss": info.detach(),
-                                                   "mi_lower_bound": bound.detach()}
+    def discriminator_terms(self, real: Side, fake: Side, batch):
+        return self._info_terms(fake)
+
+    def generator_terms(self, fake: Side, adversarial):
+        return self._info_terms(fake)
 
     # ---- visuals --------------------------------------------------------------------------------
     @torch.no_grad()

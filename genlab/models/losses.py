@@ -2,61 +2,106 @@
 
 A new GAN variant is an entry here plus a YAML file. `real` and `fake` are the discriminator's raw
 outputs (logits / critic values / f-GAN's V / EBGAN's energies), shape (N,) or (N, ...), e.g. a
-PatchGAN map; every loss averages over all elements and returns a scalar.
+PatchGAN map; every loss averages over all elements and returns a scalar. Both players see both
+sides, so relativistic losses fit; a loss also says what its D is called, what to log and how to
+draw D's output, so no code outside this table compares loss names.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-Fn = Callable[[torch.Tensor], torch.Tensor]
-LOG2 = math.log(2.0)
+from genlab.models.divergences import DIVERGENCES, Divergence
+
+__all__ = ["DIVERGENCES", "LOSSES", "AdversarialLoss", "Divergence", "build_loss", "loss_problem"]
+
+
+@dataclass
+class NoParams:
+    """The parameters of a loss that has none."""
 
 
 class AdversarialLoss:
-    """Base: `discriminator(real, fake)` and `generator(fake)` losses, both to be minimised."""
+    """Base: `discriminator(real, fake)` and `generator(real, fake)` losses, both to be minimised."""
+
+    #: the typed parameters (model.loss_params), checked when the config is validated
+    Params = NoParams
+    #: what D is called in logs and pictures: 'critic' when it estimates a distance
+    role: str = "discriminator"
+    #: whether generator() uses D(real), so the generator step needs a real batch
+    generator_needs_real: bool = False
+    #: the range D's output is drawn on (after `belief`), None to fit the data
+    output_range: tuple[float, float] | None = None
+    #: whether D's outputs are energies (low = real), as an auto-encoder discriminator produces
+    reads_energies: bool = False
 
     def discriminator(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def generator(self, fake: torch.Tensor) -> torch.Tensor:
+    def generator(self, real: torch.Tensor | None, fake: torch.Tensor) -> torch.Tensor:
+        """G's loss; `real` is None unless generator_needs_real."""
         raise NotImplementedError
+
+    def belief(self, d: torch.Tensor) -> torch.Tensor:
+        """D's output as what it estimates (a probability for logit losses), for logs and plots."""
+        return d
+
+    def diagnostics(self, real: torch.Tensor, fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the discriminator believes about a real and a fake batch (detached outputs)."""
+        return {"D_x": self.belief(real).mean(), "D_G_z": self.belief(fake).mean()}
 
 
 class NonSaturating(AdversarialLoss):
     """Goodfellow et al. 2014 with the generator maximising log D(G(z)) (the 'non-saturating' trick)."""
 
+    output_range = (0.0, 1.0)
+
     def discriminator(self, real, fake):
         return F.softplus(-real).mean() + F.softplus(fake).mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return F.softplus(-fake).mean()
+
+    def belief(self, d):
+        return torch.sigmoid(d)
 
 
 class Minimax(NonSaturating):
     """The original minimax game: the generator minimises log(1 - D(G(z))), which saturates early on."""
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return -F.softplus(fake).mean()
 
 
 class Wasserstein(AdversarialLoss):
     """WGAN (Arjovsky et al. 2017): the critic maximises E[f(x)] - E[f(G(z))]."""
 
+    role = "critic"
+
     def discriminator(self, real, fake):
         return fake.mean() - real.mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return -fake.mean()
+
+    def diagnostics(self, real, fake):
+        return {"wasserstein": real.mean() - fake.mean(), "critic_real": real.mean(), "critic_fake": fake.mean()}
+
+
+@dataclass
+class LeastSquaresParams:
+    a: float = 0.0
+    b: float = 1.0
+    c: float = 1.0
 
 
 class LeastSquares(AdversarialLoss):
     """LSGAN (Mao et al. 2017): D pulls real outputs to b and fake to a, G pulls fake outputs to c."""
+
+    Params = LeastSquaresParams
 
     def __init__(self, a: float = 0.0, b: float = 1.0, c: float = 1.0):
         # The paper's two codings: 0-1 (a=0, b=c=1, used in its experiments) and a=-1, b=1, c=0,
@@ -66,7 +111,7 @@ class LeastSquares(AdversarialLoss):
     def discriminator(self, real, fake):
         return 0.5 * (real - self.b).pow(2).mean() + 0.5 * (fake - self.a).pow(2).mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return 0.5 * (fake - self.c).pow(2).mean()
 
 
@@ -76,134 +121,49 @@ class Hinge(AdversarialLoss):
     def discriminator(self, real, fake):
         return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return -fake.mean()
 
 
+class RelativisticAverage(AdversarialLoss):
+    """RaGAN (Jolicoeur-Martineau 2019), the standard-GAN form RaSGAN: D estimates how much more
+    realistic a real sample is than the average fake, sigmoid(C(x_r) - E C(x_f)), and vice versa;
+    G plays the same game with the roles swapped, so it gets a gradient from D(real) too."""
+
+    generator_needs_real = True
+
+    @staticmethod
+    def _relative(real, fake):
+        return real - fake.mean(), fake - real.mean()
+
+    def discriminator(self, real, fake):
+        r, f = self._relative(real, fake)
+        return F.softplus(-r).mean() + F.softplus(f).mean()
+
+    def generator(self, real, fake):
+        r, f = self._relative(real.detach(), fake)
+        return F.softplus(r).mean() + F.softplus(-f).mean()
+
+    def diagnostics(self, real, fake):
+        r, f = self._relative(real, fake)
+        return {"D_x": torch.sigmoid(r).mean(), "D_G_z": torch.sigmoid(f).mean(),
+                "critic_real": real.mean(), "critic_fake": fake.mean()}
+
+
 # ---------------------------------------------------------------------------------------------------
-# f-GAN (Nowozin, Cseke & Tomioka 2016)
+# f-GAN (Nowozin, Cseke & Tomioka 2016): the divergences live in divergences.py
 
 
-def _log1mexp(t: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(t)) for t < 0, accurate at both ends (Maechler 2012)."""
-    # Near 0, 1 - exp(t) cancels, so go through expm1; far below 0, exp(t) underflows into log1p.
-    return torch.where(t > -LOG2, torch.log(-torch.expm1(t)), torch.log1p(-torch.exp(t)))
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """One row of f-GAN's Tables 2 and 6: generator f, f', output activation g_f and conjugate f*."""
-
-    name: str
-    f: Fn  # convex, f(1) = 0, on u > 0
-    f_prime: Fn
-    activation: Fn  # g_f: R -> dom f*, so T = g_f(V) is always a valid argument of f*
-    conjugate: Fn  # f*(t) on dom f*
-    conjugate_of_activation: Fn  # f*(g_f(v)) in one stable expression, used by the loss
-    domain: tuple[float, float]  # dom f* as an interval (lo, hi); inf where unbounded
-    closed: bool = False  # whether dom f* contains its finite end points
-
-    def in_domain(self, t: torch.Tensor) -> torch.Tensor:
-        """Whether each t lies in dom f*."""
-        lo, hi = self.domain
-        if self.closed:
-            return (t >= lo) & (t <= hi)
-        return (t > lo) & (t < hi)
-
-
-def _xlogx(u: torch.Tensor) -> torch.Tensor:
-    return torch.special.xlogy(u, u)
-
-
-DIVERGENCES: dict[str, Divergence] = {
-    d.name: d
-    for d in [
-        Divergence(
-            "total_variation",
-            f=lambda u: 0.5 * (u - 1).abs(),
-            f_prime=lambda u: 0.5 * torch.sign(u - 1),  # a subgradient; 0 at u = 1
-            activation=lambda v: 0.5 * torch.tanh(v),
-            conjugate=lambda t: t,
-            conjugate_of_activation=lambda v: 0.5 * torch.tanh(v),
-            domain=(-0.5, 0.5),
-            closed=True,
-        ),
-        Divergence(
-            "kl",
-            f=_xlogx,
-            f_prime=lambda u: 1 + torch.log(u),
-            activation=lambda v: v,
-            conjugate=lambda t: torch.exp(t - 1),
-            conjugate_of_activation=lambda v: torch.exp(v - 1),
-            domain=(-math.inf, math.inf),
-        ),
-        Divergence(
-            "reverse_kl",
-            f=lambda u: -torch.log(u),
-            f_prime=lambda u: -1 / u,
-            activation=lambda v: -torch.exp(-v),
-            conjugate=lambda t: -1 - torch.log(-t),
-            # -1 - log(exp(-v)): no exp to overflow
-            conjugate_of_activation=lambda v: v - 1,
-            domain=(-math.inf, 0.0),
-        ),
-        Divergence(
-            "pearson",
-            f=lambda u: (u - 1).pow(2),
-            f_prime=lambda u: 2 * (u - 1),
-            activation=lambda v: v,
-            conjugate=lambda t: 0.25 * t.pow(2) + t,
-            conjugate_of_activation=lambda v: 0.25 * v.pow(2) + v,
-            domain=(-math.inf, math.inf),
-        ),
-        Divergence(
-            "neyman",
-            f=lambda u: (1 - u).pow(2) / u,
-            f_prime=lambda u: 1 - u.pow(-2),
-            # Written increasing in v like every other row; the range (-inf, 1) is dom f*.
-            activation=lambda v: -torch.expm1(-v),
-            conjugate=lambda t: 2 - 2 * torch.sqrt(1 - t),
-            conjugate_of_activation=lambda v: 2 - 2 * torch.exp(-0.5 * v),
-            domain=(-math.inf, 1.0),
-        ),
-        Divergence(
-            "squared_hellinger",
-            f=lambda u: (torch.sqrt(u) - 1).pow(2),
-            f_prime=lambda u: 1 - u.rsqrt(),
-            activation=lambda v: -torch.expm1(-v),
-            conjugate=lambda t: t / (1 - t),
-            # (1 - e^-v) / e^-v: no division by a vanishing 1 - t
-            conjugate_of_activation=lambda v: torch.expm1(v),
-            domain=(-math.inf, 1.0),
-        ),
-        # This f gives D_f = 2 JS(P, Q), and the GAN row below 2 JS(P, Q) - log 4.
-        Divergence(
-            "js",
-            f=lambda u: -(u + 1) * torch.log((1 + u) / 2) + _xlogx(u),
-            f_prime=lambda u: torch.log(2 * u / (u + 1)),
-            activation=lambda v: LOG2 - F.softplus(-v),
-            # -log(2 - exp(t)) = -log 2 - log(1 - exp(t - log 2))
-            conjugate=lambda t: -LOG2 - _log1mexp(t - LOG2),
-            # 2 - exp(g(v)) = 2 sigmoid(-v)
-            conjugate_of_activation=lambda v: F.softplus(v) - LOG2,
-            domain=(-math.inf, LOG2),
-        ),
-        Divergence(
-            "gan",
-            f=lambda u: _xlogx(u) - _xlogx(u + 1),
-            f_prime=lambda u: torch.log(u / (u + 1)),
-            activation=lambda v: F.logsigmoid(v),  # -log(1 + exp(-v))
-            conjugate=lambda t: -_log1mexp(t),  # -log(1 - exp(t))
-            # 1 - exp(logsigmoid(v)) = sigmoid(-v)
-            conjugate_of_activation=lambda v: F.softplus(v),
-            domain=(-math.inf, 0.0),
-        ),
-    ]
-}
+@dataclass
+class FGANParams:
+    divergence: str = "gan"
+    generator_loss: str = "alternative"
 
 
 class FGAN(AdversarialLoss):
     """f-GAN (Nowozin et al. 2016): variational divergence minimisation for any f in DIVERGENCES."""
+
+    Params = FGANParams
 
     def __init__(self, divergence: str = "gan", generator_loss: str = "alternative"):
         if divergence not in DIVERGENCES:
@@ -220,7 +180,7 @@ class FGAN(AdversarialLoss):
         # T = g_f(V) maximises E_P[T] - E_Q[f*(T)], a lower bound on D_f(P || Q).
         return d.conjugate_of_activation(fake).mean() - d.activation(real).mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         d = self.divergence
         if self.generator_loss == "alternative":
             return -d.activation(fake).mean()
@@ -231,8 +191,16 @@ class FGAN(AdversarialLoss):
 # EBGAN (Zhao, Mathieu & LeCun 2017)
 
 
+@dataclass
+class EBGANParams:
+    margin: float  # no default: the paper tunes m per dataset and architecture
+
+
 class EBGAN(AdversarialLoss):
     """EBGAN (Zhao et al. 2017) on energies D(x) >= 0 (an auto-encoder's reconstruction error)."""
+
+    Params = EBGANParams
+    reads_energies = True
 
     def __init__(self, margin: float):
         # No default: the paper tunes m per dataset and architecture.
@@ -242,8 +210,12 @@ class EBGAN(AdversarialLoss):
         # Fake energies above the margin no longer push D, so D cannot win by raising them forever.
         return real.mean() + F.relu(self.margin - fake).mean()
 
-    def generator(self, fake):
+    def generator(self, real, fake):
         return fake.mean()
+
+    def diagnostics(self, real, fake):
+        return {"energy_real": real.mean(), "energy_fake": fake.mean(),
+                "fakes_below_margin": (fake < self.margin).float().mean()}
 
 
 def pulling_away_term(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -264,11 +236,38 @@ LOSSES = {
     "wasserstein": Wasserstein,
     "ls": LeastSquares,
     "hinge": Hinge,
+    "ragan": RelativisticAverage,
     "fgan": FGAN,
     "ebgan": EBGAN,
 }
 
 
+def typed_params(name: str, params) -> dict:
+    """loss_params merged into the loss's Params dataclass: unknown keys and wrong types raise ValueError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(LOSSES[name].Params), params or {})
+        return OmegaConf.to_container(typed, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"loss_params.{key}: {first}" if key else f"loss_params: {first}") from None
+
+
+def loss_problem(name: str, params) -> str | None:
+    """Why loss `name` cannot be built from these parameters (None if it can); cheap, needs no data."""
+    if name not in LOSSES:
+        return f"model.loss={name} is unknown; choose one of {', '.join(LOSSES)}"
+    try:
+        build_loss(name, **(params or {}))
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        return f"model.{msg} (loss {name})" if msg.startswith("loss_params") else f"model.loss_params ({name}): {msg}"
+    return None
+
+
 def build_loss(name: str, **kwargs) -> AdversarialLoss:
-    """The loss named `name` (a key of LOSSES) with its parameters."""
-    return LOSSES[name](**kwargs)
+    """The loss named `name` (a key of LOSSES) with its typed parameters."""
+    return LOSSES[name](**typed_params(name, kwargs))

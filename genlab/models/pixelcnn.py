@@ -5,7 +5,8 @@ The network is genlab/nets/pixelcnn.py: masked convolutions (type A first, then 
 a vertical and a horizontal stack (no blind spot), and a 256-way softmax per sub-pixel (grayscale,
 or RGB with channel masks) or PixelCNN++'s discretised logistic mixture (RGB). With
 model.conditional=true the gates get a class embedding and sample() takes labels.
-The loss is bits/dim of the training batch; evaluate() reports exact test NLL in nats and bits/dim.
+The likelihood template (models/likelihood.py) turns log_prob into the loss (bits/dim of the training
+batch) and the exact test NLL in nats and bits/dim.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genlab.models.base import Batch, Model, Step, StepContext
+from genlab.models.likelihood import LikelihoodModel
 from genlab.nets.pixelcnn import PixelCNN as PixelCNNNet
 
 
@@ -37,11 +38,11 @@ class PixelCNNConfig:
 OUTPUTS = ("auto", "softmax256", "logistic_mixture")
 
 
-class PixelCNN(Model):
+class PixelCNN(LikelihoodModel):
     """log p(x) = sum over sub-pixels in raster order of log p(x_i | x_<i), exactly."""
 
     Config = PixelCNNConfig
-    family = "likelihood"
+    key = "pixelcnn"
     slow_sampling = True  # ancestral: one network pass per sub-pixel
 
     @classmethod
@@ -73,45 +74,25 @@ class PixelCNN(Model):
         cfg.output = self._output(cfg, spec)
         super().__init__(cfg, spec)
         self.conditional = bool(cfg.conditional)
-        self.num_dims = math.prod(spec.shape)
         self.net = PixelCNNNet(tuple(spec.shape), cfg.n_layers, cfg.hidden, cfg.output, cfg.n_mixtures,
                                spec.num_classes if cfg.conditional else None, cfg.kernel, cfg.first_kernel)
 
     def networks(self):
         return {"pixelcnn": self.net}
 
-    def schedule(self):
-        return [Step("pixelcnn", "pixelcnn", self.nll_step)]
-
-    def _labels(self, y):
-        return y if self.conditional else None
-
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Exact log P(x) (or log P(x | y)) in nats per image."""
-        return self.net.log_prob(x, self._labels(y))
+        return self.net.log_prob(x, y if self.conditional else None)
 
-    def nll_step(self, batch: Batch, ctx: StepContext):
-        lp = self.log_prob(batch.x, batch.y).float()
-        nll = -lp.mean()
-        bpd = nll / (self.num_dims * math.log(2))
-        return bpd, {"nll_nats": nll.detach(), "bits_per_dim": bpd.detach()}
-
-    @torch.no_grad()
-    def evaluate(self, data):
-        total, n = 0.0, 0
-        for b in data.batches("test", 100, limit=self.cfg.eval_limit):
-            total -= float(self.log_prob(b.x, b.y).double().sum())
-            n += len(b)
-        nll = total / n
-        return {"test_nll_nats": nll, "test_bits_per_dim": nll / (self.num_dims * math.log(2)),
-                "binarize": getattr(data, "binarize", None) or "none", "eval_images": n}
+    def eval_batch_size(self) -> int:
+        return 100
 
     def default_labels(self, n: int, device) -> torch.Tensor:
         """Labels 0, 1, ..., K-1, 0, 1, ... for class-conditional grids."""
         return torch.arange(n, device=device) % self.spec.num_classes
 
     @torch.no_grad()
-    def sample(self, n, *, generator=None, labels=None, noise=None, temperature=None, **kwargs):
+    def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):
         """Ancestral sampling, one sub-pixel at a time (H*W*C network passes): slow, so with a progress bar."""
         dev = next(self.parameters()).device
         y = None

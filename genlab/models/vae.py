@@ -26,11 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab import nets
-from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
+from genlab.metrics.likelihood import PIXEL_BIN, dequantize_pixels, logmeanexp
+from genlab.models.base import Batch, NetConfig, StepContext, conv_size_problem
+from genlab.models.likelihood import LikelihoodModel
 from genlab.nets.pixelcnn import discretized_mix_logistic_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
-_BIN = 1.0 / 127.5  # width of one of the 256 levels of an 8-bit image in [-1, 1]
 
 
 @dataclass
@@ -86,11 +87,12 @@ def resolve_decoder_dist(dist: str, spec) -> str:
     return "bernoulli" if spec.binarized else "logistic"
 
 
-class VAE(Model):
+class VAE(LikelihoodModel):
     """x -> q(z|x) -> z -> p(x|z); loss = reconstruction NLL + beta * KL, or the IWAE bound."""
 
     Config = VAEConfig
-    family = "likelihood"
+    key = "vae"
+    accepts_temperature = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
@@ -121,7 +123,6 @@ class VAE(Model):
         cfg.decoder_dist = resolve_decoder_dist(cfg.decoder_dist, spec)
         super().__init__(cfg, spec)
         self.dist = cfg.decoder_dist
-        self.num_dims = math.prod(spec.shape)
         self.encoder = nets.discriminator(cfg.encoder, spec, out_dim=2 * cfg.z_dim)
         out_spec = spec
         if self.dist == "logistic":  # a mean and a log-scale per sub-pixel
@@ -132,9 +133,6 @@ class VAE(Model):
 
     def networks(self):
         return {"vae": self}
-
-    def schedule(self):
-        return [Step("vae", "vae", self.train_step)]
 
     def latent(self, n, generator=None):
         dev = generator.device if generator is not None else next(self.parameters()).device
@@ -148,10 +146,7 @@ class VAE(Model):
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """The model's input: x itself, or x plus uniform noise inside its 8-bit bin (Gaussian on images)."""
-        if not self.dequantized:
-            return x
-        levels = torch.round((x.clamp(-1, 1) + 1) * 127.5)
-        return (levels + torch.rand_like(levels)) * _BIN - 1
+        return dequantize_pixels(x) if self.dequantized else x
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q(z|x) as (mu, logvar)."""
@@ -179,7 +174,7 @@ class VAE(Model):
         log_std = (torch.full_like(out, math.log(self.cfg.gaussian_std)) if self.cfg.gaussian_std is not None
                    else self.log_std.flatten().to(out.dtype).expand_as(out))
         lp = (-0.5 * ((x - out) / log_std.exp()).pow(2) - log_std - 0.5 * _LOG_2PI).sum(1)
-        return lp + self.num_dims * math.log(_BIN) if self.dequantized else lp
+        return lp + self.num_dims * math.log(PIXEL_BIN) if self.dequantized else lp
 
     def kl_weight(self, step: int) -> float:
         """beta at this global step: linear warm-up from 0 to kl_weight over kl_warmup_steps."""
@@ -221,8 +216,8 @@ class VAE(Model):
             k = self.cfg.iwae_k
             rec, ratio = self.log_weights(x, k)
             # KL warm-up for the IWAE objective: anneal log p(z) - log q(z|x) inside the weights.
-            loss = -(torch.logsumexp(rec + beta * ratio, 0) - math.log(k)).mean()
-            bound = (torch.logsumexp((rec + ratio).detach(), 0) - math.log(k)).mean()
+            loss = -logmeanexp(rec + beta * ratio, 0).mean()
+            bound = logmeanexp((rec + ratio).detach(), 0).mean()
             elbo = (rec + ratio).detach().mean()
             return loss, {"neg_iwae_bound": -bound, "neg_elbo": -elbo, "kl_weight": torch.tensor(beta)}
         t = self.elbo_terms(x)
@@ -236,41 +231,31 @@ class VAE(Model):
         return loss, {"reconstruction": recon.detach(), "kl": kl.detach(), "neg_elbo": (recon + kl).detach(),
                       "kl_weight": torch.tensor(beta)}
 
-    # ---- evaluation ---------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, data):
-        """Test NLL (importance-sampled, eval_k) and -ELBO in nats and bits/dim; active latent units."""
-        k = self.cfg.eval_k
-        batch = max(1, min(100, self.cfg.eval_chunk // max(1, min(k, 50))))
-        nll = neg_elbo = kl = 0.0
-        n = 0
-        mus = []
-        for b in data.batches("test", batch, limit=self.cfg.eval_limit):
-            x = self.prepare(b.x)
-            t = self.elbo_terms(x)
-            rec, ratio = self.log_weights(x, k, self.cfg.eval_chunk)
-            nll -= float((torch.logsumexp((rec + ratio).double(), 0) - math.log(k)).sum())
-            neg_elbo -= float((t["log_px_z"] - t["kl"]).sum())
-            kl += float(t["kl"].sum())
-            mus.append(t["mu"])
-            n += len(b)
-        nats_per_bit = self.num_dims * math.log(2)
-        mu = torch.cat(mus)
-        out = {
-            "test_nll_nats": nll / n,
-            "test_bits_per_dim": nll / n / nats_per_bit,
-            "test_neg_elbo_nats": neg_elbo / n,
-            "test_elbo_bits_per_dim": neg_elbo / n / nats_per_bit,
-            "test_kl_nats": kl / n,
-            "active_units": float(active_units(mu)),
-        }
-        out.update(self.protocol(data, n))
-        return out
+    # ---- evaluation (the template averages these terms and adds bits/dim) ------------------------
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The importance-sampled estimate of log p(x) with eval_k samples from q (a bound in expectation)."""
+        return self._iwae_log_prob(self.prepare(x))
+
+    def _iwae_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        rec, ratio = self.log_weights(x, self.cfg.eval_k, self.cfg.eval_chunk)
+        return logmeanexp((rec + ratio).double(), 0)
+
+    def eval_batch_size(self) -> int:
+        return max(1, min(100, self.cfg.eval_chunk // max(1, min(self.cfg.eval_k, 50))))
+
+    def eval_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Test NLL (importance-sampled, eval_k), -ELBO and KL per example, and the posterior means."""
+        x = self.prepare(batch.x)
+        t = self.elbo_terms(x)
+        return {"nll": -self._iwae_log_prob(x), "neg_elbo": -(t["log_px_z"] - t["kl"]).double(),
+                "kl": t["kl"].double(), "mu": t["mu"]}
+
+    def report(self, terms):
+        return {**super().report(terms), "active_units": float(active_units(terms["mu"]))}
 
     def protocol(self, data, n: int) -> dict:
-        """How the numbers were measured: the data's binarisation, the decoder, k, and how many test examples."""
-        return {"binarize": getattr(data, "binarize", None) or "none", "decoder": self.dist,
-                "eval_k": self.cfg.eval_k, "eval_images": n}
+        """The template's protocol plus the decoder and k."""
+        return {**super().protocol(data, n), "decoder": self.dist, "eval_k": self.cfg.eval_k}
 
     # ---- sampling and pictures ----------------------------------------------------------------
     def mean_image(self, out: torch.Tensor) -> torch.Tensor:

@@ -21,17 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from genlab import pixels
+from genlab.pixels import from_levels
+
 _HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins of [-1, 1]
 
 
 def to_levels(x: torch.Tensor) -> torch.Tensor:
-    """Images in [-1, 1] to integer levels 0..255 (long)."""
-    return torch.round((x.clamp(-1, 1) + 1) * 127.5).long()
-
-
-def from_levels(k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """Integer levels 0..255 to images in [-1, 1]."""
-    return k.to(dtype) / 127.5 - 1
+    """Images in [-1, 1] to integer levels 0..255 (long), for indexing the 256-way outputs."""
+    return pixels.to_levels(x).long()
 
 
 # ----------------------------------------------------------------------------- masked convolutions
