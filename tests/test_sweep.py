@@ -40,6 +40,18 @@ def test_parse_duration_rejects(bad):
         parse_duration(bad)
 
 
+def test_samples_seen_counts_batches_of_due_phases_that_draw_data():
+    from genlab.commands.sweep import samples_seen
+    from genlab.types import Step
+
+    fn = lambda batch, ctx: None  # noqa: E731
+    schedule = [Step("critic", "critic", fn, repeat=5), Step("r1", "critic", fn, every=4),
+                Step("generator", "generator", fn, needs_data=False)]
+    # brute force: walk the steps as the trainer does
+    brute = sum(16 * s.repeat for step in range(10) for s in schedule if s.due(step) and s.needs_data)
+    assert samples_seen(10, 16, schedule) == brute == 16 * (5 * 10 + 3)
+
+
 @pytest.mark.slow
 def test_sweep_survives_a_diverging_job_and_job_folders_work_as_paths(tmp_path):
     # many overrides: the old `<num>_<override_dirname>` folders broke run= and grew too long

@@ -162,7 +162,7 @@ def cell(row: dict, col: str) -> str:
     if a is None:
         return "-"
     mean, std, n = a
-    text = _fmt(mean) + (f" ± {std:.2g}" if row["n"] > 1 else "")
+    text = _fmt(mean) + (f" ± {std:.2g}" if std < 100 else f" ± {std:.0f}") * (row["n"] > 1)
     if n < row["n"]:
         text += f" (n={n})"
     return text + (" *" if col in row.get("best", ()) else "")

@@ -49,9 +49,7 @@ class RunStatus:
             r["step"] = t.step
             r["max_steps"] = int(t.tcfg.max_steps)
             r["train_time"] = round(t.train_time(), 3)
-            schedule = getattr(t, "schedule", None) or []
-            # every repeat of every scheduled step draws one batch
-            r["samples_seen"] = t.step * int(t.tcfg.batch_size) * sum(s.repeat for s in schedule)
+            r["samples_seen"] = samples_seen(t.step, int(t.tcfg.batch_size), getattr(t, "schedule", None) or [])
             r["stopped_by"] = "max_time" if t.stopped_by_time else ("max_steps" if state == "done" else None)
         else:
             r.setdefault("step", 0)
@@ -63,6 +61,12 @@ class RunStatus:
         tmp.write_text(json.dumps(r, indent=1) + "\n")
         os.replace(tmp, self.path)
         return r
+
+
+def samples_seen(steps: int, batch_size: int, schedule) -> int:
+    """Training examples drawn in `steps` trainer steps: a batch per repeat of each phase that needs data,
+    on the ceil(steps / every) steps where the phase is due (steps 0, every, 2*every, ...)."""
+    return batch_size * sum(s.repeat * -(-steps // s.every) for s in schedule if s.needs_data)
 
 
 def read_status(run_dir: Path) -> dict | None:
