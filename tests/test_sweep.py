@@ -67,7 +67,7 @@ def test_sweep_survives_a_diverging_job_and_job_folders_work_as_paths(tmp_path):
     assert [s["state"] for s in states] == ["done", "failed", "done"]
     assert "diverged" in states[1]["error"] and states[1]["step"] < 4
     assert [s["step"] for s in (states[0], states[2])] == [4, 4]
-    assert states[0]["samples_seen"] == 4 * 16 * 2  # one discriminator and one generator batch per step
+    assert states[0]["samples_seen"] == 4 * 16  # one real batch per discriminator step; G draws only noise
     assert "optimizer.lr=1000000.0" in states[1]["overrides"]
     err = [line for line in r.stderr.splitlines() if line.startswith("genlab: error: job 1:")]
     assert len(err) == 1 and "diverged" in err[0]
@@ -109,6 +109,23 @@ def test_max_time_stops_at_a_step_boundary_and_resumes(tmp_path):
     rec2, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=4", "trainer.log_every=10",
                      "trainer.resume=auto")
     assert rec2["step"] > rec["step"] and 4.0 <= rec2["train_time"] <= 4.0 + per_step + 0.5
+
+
+def test_evaluation_is_outside_the_time_budget(tmp_path):
+    import time
+
+    def slow_evaluator(model, data, step):
+        time.sleep(0.5)
+        return {"fid[points]": float(step)}
+
+    run = tmp_path / "run"
+    st = RunStatus(run)
+    train(compose(["model=gan", "dataset=ring8", *FAST, "trainer.eval_every=1"]), run, evaluator=slow_evaluator,
+          status=st)
+    rec = st.write("done")
+    times = [json.loads(line)["train_time"] for line in (run / "eval_history.jsonl").read_text().splitlines()]
+    assert len(times) == 4 and times == sorted(times) and times[-1] <= rec["train_time"]
+    assert rec["wall_time"] - rec["train_time"] >= 4 * 0.5  # the four evaluations are not training time
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint_and_objective_is_returned(tmp_path):

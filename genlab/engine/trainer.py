@@ -283,7 +283,7 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        t0 = time.perf_counter()
+        t0, trained = time.perf_counter(), self.train_time()
         with _side_effect_free(self.model, self.device):
             metrics = dict(self.model.evaluate(self.data))
             if self.evaluator is not None:
@@ -294,7 +294,7 @@ class Trainer:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, "train_time": round(self.train_time(), 3), **metrics}) + "\n")
+            f.write(json.dumps({"step": self.step, "train_time": round(trained, 3), **metrics}) + "\n")
         if metrics:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
