@@ -271,3 +271,20 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.max_num_timeout == 3 and launcher.timeout_min == 240
+
+
+@pytest.mark.slow
+def test_a_requeued_sweep_job_resumes_from_its_own_folder(tmp_path):
+    # what submitit does on preemption: the same job (same overrides, same folder) starts again
+    args = ["train", "-m", "model=gan", "dataset=ring8", *FAST, "seed=0,1", "trainer.resume=auto",
+            "hydra.sweep.dir=sweep"]
+    first = run_cli([*args, "trainer.max_steps=2"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run_cli([*args, "trainer.max_steps=4"], tmp_path)
+    assert again.returncode == 0, again.stderr
+    for job, seed in (("0", 0), ("1", 1)):
+        run = tmp_path / "sweep" / job
+        assert f"resumed from {run.resolve() / 'checkpoints' / 'last.pt'} at step 2" in (run / "train.log").read_text()
+        state = ckpt.load(run / "checkpoints" / "last.pt")
+        assert state["step"] == 4 and state["config"]["seed"] == seed
+        assert status(run)["state"] == "done" and status(run)["step"] == 4
