@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import itertools
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -53,8 +54,27 @@ def usage() -> str:
 
 
 def fail(msg: str) -> None:
-    print(f"genlab: error: {msg}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same mistake: say it once
+        print(f"genlab: error: {msg}", file=sys.stderr)
     sys.exit(2)
+
+
+def rank_flags(multirun: bool) -> list[str]:
+    """Under torchrun, ranks > 0 leave the run folder to rank 0: Hydra gets a throwaway folder and no .hydra/."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return []
+    if multirun:
+        fail("-m (multirun) does not run under torchrun; start one torchrun per run "
+             "(or sweep with a launcher whose jobs call torchrun)")
+    if os.environ.get("RANK", "0") == "0":
+        return []
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="genlab-rank")
+    atexit.register(shutil.rmtree, scratch, True)
+    return [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
 
 
 def group_options(group: str) -> list[str]:
@@ -251,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
             fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
         precheck(name, overrides, multirun)
     module = importlib.import_module(cmds[name][0])
+    if name == "train":
+        overrides = overrides + rank_flags(multirun)
     sys.argv = [f"genlab-{name}", *flags, *overrides]
     module.main()
 

@@ -44,6 +44,9 @@ class TrainerConfig:
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
     objective: Optional[str] = None
+    compile: bool = False
+    channels_last: bool = False
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -146,6 +149,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")
+    _check(not (t.sync_batchnorm and str(t.device) == "cpu"),
+           "trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it false on CPU")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None

@@ -32,8 +32,10 @@ def first_line(e: BaseException) -> str:
 class RunStatus:
     """The run folder's status.json, rewritten (atomically) as the run goes."""
 
-    def __init__(self, run_dir: Path, overrides: list[str] | None = None, job: int | None = None):
+    def __init__(self, run_dir: Path, overrides: list[str] | None = None, job: int | None = None,
+                 enabled: bool = True):
         self.path = Path(run_dir) / STATUS
+        self.enabled = enabled
         self.t0 = time.perf_counter()
         self.trainer = None
         self.objective: dict | None = None
@@ -56,6 +58,8 @@ class RunStatus:
         r["wall_time"] = round(time.perf_counter() - self.t0, 3)
         r["objective"] = self.objective
         r["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if not self.enabled:
+            return r
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(STATUS + ".tmp")
         tmp.write_text(json.dumps(r, indent=1) + "\n")

@@ -39,18 +39,30 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
     """Run one training job described by a composed train config; returns the last logged scalars.
 
     With trainer.objective set, status.objective gets {metric, value, direction} from a final evaluation."""
-    from genlab import data as data_lib
-    from genlab.config import model_class, validate
-    from genlab.engine import checkpoint as ckpt
-    from genlab.device import resolve_device
-    from genlab.engine.trainer import Trainer
+    from genlab.config import validate
+    from genlab.engine import distributed
 
     mcfg = validate(cfg)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = HydraConfig.get().runtime.output_dir
-    run_dir = Path(run_dir)
+    dist = distributed.init(cfg.trainer.device)
+    try:
+        with distributed.quiet_failures(dist):
+            return _train(cfg, mcfg, Path(dist.broadcast(str(run_dir))), evaluator, dist, status, launcher)
+    finally:
+        dist.close()
+
+
+def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launcher) -> dict:
+    from genlab import data as data_lib
+    from genlab.config import model_class
+    from genlab.engine import checkpoint as ckpt
+    from genlab.engine.trainer import Trainer
+
+    if not dist.is_main:  # rank 0 says it once
+        logging.getLogger("genlab").setLevel(logging.WARNING)
     state, path = None, None
     resume = cfg.trainer.resume
     if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
@@ -64,23 +76,31 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
     if threads:
         torch.set_num_threads(threads)
     seed_everything(int(cfg.seed))
-    device = resolve_device(cfg.trainer.device)
+    device = dist.device
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     model = model_class(cfg)(mcfg, data.spec)
-    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective):
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
         evaluator = default_evaluator(cfg, data)
-    trainer = Trainer(cfg, run_dir, evaluator=evaluator)
+    trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
     if status is not None:
         status.trainer = trainer
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
     log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s", mcfg.name, data.name,
              "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device, cfg.trainer.precision)
+    if dist.enabled:
+        b = int(cfg.trainer.batch_size)
+        log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
+    if trainer.stopped_by:
+        log.info("stopped by signal %d at step %d; checkpoint %s; continue with trainer.resume=%s",
+                 trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt", run_dir)
+        sys.exit(128 + trainer.stopped_by)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     if cfg.trainer.objective and status is not None:
-        status.objective = objective(trainer, str(cfg.trainer.objective))
-    log_hparams(trainer, _task_overrides())
+        status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: evaluation is collective
+    if dist.is_main:
+        log_hparams(trainer, _task_overrides())
     return last
 
 
@@ -147,14 +167,18 @@ def run_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from genlab.engine import distributed
+
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    status = RunStatus(Path(hc.runtime.output_dir), list(hc.overrides.task), hc.job.get("num") if multirun else None)
+    status = RunStatus(Path(hc.runtime.output_dir), list(hc.overrides.task), hc.job.get("num") if multirun else None,
+                       enabled=distributed.env_rank() == 0)  # under torchrun, rank 0 keeps the record
     status.write("running")
     try:
         train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
-    except KeyboardInterrupt:
-        status.write("interrupted", "interrupted")
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or a signal that stopped training at a step
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):
+            status.write("interrupted", "interrupted" if isinstance(e, KeyboardInterrupt) else f"exit status {e.code}")
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
         status.write("failed", first_line(e))

@@ -35,6 +35,7 @@ class Data:
         self._gen = torch.Generator().manual_seed(seed)
         self._perm: torch.Tensor | None = None
         self._pos = 0
+        self._rank, self._world = 0, 1
         if binarize not in (None, "static", "dynamic"):
             raise ValueError(f"binarize must be None, 'static' or 'dynamic', got {binarize!r}")
         if binarize is not None:
@@ -102,9 +103,16 @@ class Data:
             out.append(take)
         return torch.cat(out)
 
+    def shard(self, rank: int, world: int) -> None:
+        """Draw as rank `rank` of `world`: each draws the same global batch of world x batch_size and keeps its slice."""
+        self._rank, self._world = rank, world
+
     def next(self, batch_size: int) -> Batch:
         """The next training batch (a fresh permutation each epoch)."""
-        idx = self._indices(batch_size).to(self.device)
+        # Every rank advances the same permutation by the global batch, so N ranks see exactly the
+        # batch one process would see with N x batch_size, and their sampler states stay equal.
+        idx = self._indices(batch_size * self._world)[self._rank * batch_size:(self._rank + 1) * batch_size]
+        idx = idx.to(self.device)
         x = self._train_x[idx]
         if self.binarize == "dynamic":
             x = _bernoulli_u8(x, None)

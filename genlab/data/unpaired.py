@@ -58,6 +58,10 @@ class UnpairedData(Data):
     def next(self, batch_size: int) -> Batch:
         return Batch(super().next(batch_size).x, self.b.next(batch_size).x)
 
+    def shard(self, rank: int, world: int) -> None:
+        super().shard(rank, world)
+        self.b.shard(rank, world)
+
     def split(self, domain: str, split: str = "test"):
         """The float images in [-1, 1] of one domain ('a' or 'b') and split."""
         d = self if domain == "a" else self.b

@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
+from genlab.engine import distributed
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.errors import GenlabError
@@ -59,17 +60,19 @@ def _side_effect_free(model: torch.nn.Module, device: torch.device):
 class Trainer:
     """Fits a Model to Data under a trainer config, writing everything into run_dir."""
 
-    def __init__(self, cfg, run_dir: Path, evaluator=None):
+    def __init__(self, cfg, run_dir: Path, evaluator=None, dist: distributed.Dist | None = None):
         self.cfg = cfg
         self.tcfg = cfg.trainer
         self.run_dir = Path(run_dir)
-        self.device = resolve_device(self.tcfg.device)
+        self.dist = dist or distributed.Dist(resolve_device(self.tcfg.device))
+        self.device = self.dist.device
         self.precision = Precision(str(self.tcfg.precision), self.device)
         self.step = 0
         self.evaluator = evaluator
         self.writer = None
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
+        self.stopped_by: int | None = None  # the signal that ended training early
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
         self.started: float | None = None
@@ -80,6 +83,8 @@ class Trainer:
     def setup(self, model, data) -> None:
         self.model = model.to(self.device)
         self.data = data
+        distributed.prepare_model(model, self.dist, self.tcfg)
+        data.shard(self.dist.rank, self.dist.world)
         self.schedule = model.schedule()
         nets = model.networks()
         self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
@@ -87,6 +92,8 @@ class Trainer:
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
+        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
         if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
@@ -112,24 +119,31 @@ class Trainer:
             **self.meta,
         }
 
+    def _rank_states(self) -> list[dict]:
+        # A collective: every rank calls it at the same step, so each rank's RNG and sampler resume exactly.
+        return self.dist.gather({"rng": ckpt.rng_state(), "data": self.data.state_dict()})
+
     def load_state_dict(self, state: dict, path) -> None:
         ckpt.load_model_state(self.model, state["model"], path)
         try:
             for k, o in self.optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
             self.precision.load_state_dict(state.get("scalers", {}))
-            self.data.load_state_dict(state["data"])
+            mine = distributed.own_state(state, self.dist)
+            self.data.load_state_dict(mine["data"])
             self.step = int(state["step"])
             self.best = state.get("best")
             self.elapsed = float(state.get("elapsed", 0.0))
-            ckpt.set_rng_state(state["rng"])
+            ckpt.set_rng_state(mine["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
                               "resume with the same model, optimizer and dataset settings") from None
 
     def save(self, name: str = "last") -> Path:
         path = self.run_dir / "checkpoints" / f"{name}.pt"
-        ckpt.save(self.state_dict(), path)
+        ranks = self._rank_states()
+        if self.dist.is_main:
+            ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
         return path
 
     def train_time(self) -> float:
@@ -137,7 +151,10 @@ class Trainer:
         return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
 
     def out_of_time(self) -> bool:
-        return self.max_seconds is not None and self.train_time() >= self.max_seconds
+        """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
+        if self.max_seconds is None:
+            return False
+        return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
@@ -148,15 +165,18 @@ class Trainer:
             log.info("resumed from %s at step %d", resume_path, self.step)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / "tb"))
+        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
-        (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
         t = self.tcfg
         last: dict = {}
         try:
             last = self._loop(t)
         except KeyboardInterrupt:
+            if self.dist.enabled:  # the other ranks are elsewhere: a collective save could hang
+                raise
             path = self.save()
             log.warning("interrupted at step %d; checkpoint written to %s", self.step, path)
             raise
@@ -167,7 +187,7 @@ class Trainer:
     def _loop(self, t) -> dict:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not t.progress, dynamic_ncols=True,
+        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and self.dist.is_main), dynamic_ncols=True,
                    desc="train", unit="step")
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
@@ -185,7 +205,7 @@ class Trainer:
                 for _ in range(s.repeat):
                     batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
                     with self.precision.autocast():
-                        loss, logs = s.fn(batch, self.precision.context(self.step, s.optimizer))
+                        loss, logs = self.run_step(s.optimizer, s.fn, batch, self.precision.context(self.step, s.optimizer))
                     norm = self.precision.backward_and_step(
                         loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
                         t.grad_clip, need_norm=bool(log_now))
@@ -210,6 +230,7 @@ class Trainer:
                 last["perf/steps_per_sec"] = (self.step - tick_step) / max(now - tick, 1e-9)
                 tick, tick_step = now, self.step
                 sums, counts = {}, {}
+                last = self.dist.mean(last)
                 self._check_finite(last)
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
@@ -226,9 +247,15 @@ class Trainer:
                 self.run_eval()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
+            self.stopped_by = self.dist.stop_requested()
+            if self.stopped_by:
+                log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
+                break
         bar.close()
         self.elapsed, self.started = self.train_time(), None  # the budget clock stops with the loop
         self.save()
+        if self.stopped_by:
+            return last
         if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
             self.log_images()
         if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
@@ -272,6 +299,8 @@ class Trainer:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
         from genlab import viz
 
+        if not self.dist.is_main:
+            return
         with _side_effect_free(self.model, self.device):
             fixed = dict(self.fixed)
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
@@ -284,10 +313,11 @@ class Trainer:
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
         t0, trained = time.perf_counter(), self.train_time()
-        with _side_effect_free(self.model, self.device):
-            metrics = dict(self.model.evaluate(self.data))
-            if self.evaluator is not None:
-                metrics.update(self.evaluator(self.model, self.data, self.step))
+        metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
+        if not self.dist.is_main:
+            self.keep_best(metrics)  # best.pt's save is a collective every rank joins
+            self._after_eval(metrics, t0)
+            return metrics
         for k, v in metrics.items():
             # Non-numeric entries (e.g. a likelihood's protocol: binarisation, sample counts) go to the
             # history and the log only.
@@ -299,11 +329,21 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
+        self._after_eval(metrics, t0)
+        return metrics
+
+    def _after_eval(self, metrics: dict, t0: float) -> None:
         self.last_eval = {"step": self.step, **metrics}
         if self.started is not None:
             # Evaluation is outside the max_time budget: a fast model evaluates more often per second
             # of training and must not lose training time for it.
             self.started += time.perf_counter() - t0
+
+    def _evaluate(self) -> dict:
+        with _side_effect_free(self.model, self.device):
+            metrics = dict(self.model.evaluate(self.data))
+            if self.evaluator is not None:
+                metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
 
     def keep_best(self, metrics: dict) -> bool:

@@ -34,6 +34,8 @@ class Model(nn.Module):
     conditional: bool = False
     #: sampling is too slow for the trainer's periodic sample-based metrics (autoregressive models)
     slow_sampling: bool = False
+    #: some step leaves part of the network it updates unused (DDP must then search the graph each step)
+    ddp_find_unused: bool = False
     #: translates images between two domains (`translate(x, direction)`) rather than sampling noise
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
@@ -54,6 +56,10 @@ class Model(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         """Optimizer key -> module whose parameters that optimizer updates."""
         raise NotImplementedError
+
+    def compile_targets(self) -> dict[str, nn.Module]:
+        """The modules trainer.compile=true compiles in place; a model leaves out what torch.compile cannot run."""
+        return {k: m for k, m in self.networks().items() if m is not self}
 
     def schedule(self) -> list[Step]:
         """The ordered steps of one trainer step (one generator update for GANs)."""

@@ -128,6 +128,11 @@ class GAN(Model):
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
 
+    def compile_targets(self):
+        # The gradient penalty and R1 differentiate through D twice; compiled graphs have no double backward.
+        twice = self.cfg.gp_weight > 0 or self.cfg.r1_weight > 0
+        return {k: m for k, m in self.networks().items() if not (k == "discriminator" and twice)}
+
     def schedule(self):
         after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
         steps = [Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,

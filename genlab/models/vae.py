@@ -134,6 +134,9 @@ class VAE(LikelihoodModel):
     def networks(self):
         return {"vae": self}
 
+    def compile_targets(self):
+        return {"encoder": self.encoder, "decoder": self.decoder}
+
     def latent(self, n, generator=None):
         dev = generator.device if generator is not None else next(self.parameters()).device
         return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)

@@ -4,10 +4,26 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from genlab.nets.flows.base import FlowLayer
+
+
+def _channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of x; under several ranks, of the batch all ranks draw together."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return x.mean(dim=dims), x.std(dim=dims, unbiased=False)
+    # Two passes of sums over all ranks, so every rank initialises as one process would on the global batch.
+    n = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=x.dtype)
+    total = torch.cat([x.sum(dim=dims), n.view(1)])
+    dist.all_reduce(total)
+    mean, count = total[:-1] / total[-1], total[-1]
+    sq = (x - mean.view(1, -1, *([1] * (x.dim() - 2)))).pow(2).sum(dim=dims)
+    dist.all_reduce(sq)
+    return mean, (sq / count).sqrt()
 
 
 class ActNorm(FlowLayer):
@@ -36,9 +52,7 @@ class ActNorm(FlowLayer):
 
     @torch.no_grad()
     def _initialize(self, x):
-        dims = [d for d in range(x.dim()) if d != 1]
-        mean = x.mean(dim=dims)
-        std = x.std(dim=dims, unbiased=False)
+        mean, std = _channel_moments(x)
         self.loc.copy_(-mean)
         self.log_scale.copy_(-torch.log(std + self.eps))
         self.initialized.fill_(True)
