@@ -222,7 +222,8 @@ def combinations(overrides: list[str], multirun: bool) -> list[list[str]]:
 
 
 def precheck(command: str, overrides: list[str], multirun: bool) -> None:
-    """Compose the config for every sweep value and validate it; one line and exit 2 on failure."""
+    """Compose the config for every sweep value, validate it and run the pre-flight checks (device,
+    data files, optimizer, resume checkpoint, run folder); one line and exit 2 on failure."""
     from hydra import compose, initialize_config_module
 
     from genlab.config import register_configs, validate
@@ -230,17 +231,24 @@ def precheck(command: str, overrides: list[str], multirun: bool) -> None:
 
     check_groups(overrides)
     register_configs()
+    flight = None
     for combo in combinations(overrides, multirun):
         try:
             with initialize_config_module("genlab.configs", version_base="1.3"):
-                cfg = compose(config_name=command, overrides=combo)
+                cfg = compose(config_name=command, overrides=combo, return_hydra_config=True)
         except Exception as e:  # noqa: BLE001 - Hydra raises several kinds
             fail(f"invalid config: {describe(e)}")
-        if command == "train":
-            try:
+        from genlab.commands import preflight
+
+        try:
+            if command == "train":
+                flight = flight or preflight.Preflight(multirun)
                 validate(cfg)
-            except GenlabError as e:
-                fail(str(e))
+                flight.train(cfg)
+            else:
+                preflight.check_counts(command, cfg)
+        except GenlabError as e:
+            fail(str(e))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,7 @@ class TrainerConfig:
 
 @dataclass
 class OptimizerConfig:
+    name: str = "adam"  # the group option: which entry of `paper` applies
     _target_: str = "torch.optim.Adam"
     lr: float = 2e-4
     betas: Optional[list[float]] = None
@@ -60,6 +61,10 @@ class OptimizerConfig:
     alpha: Optional[float] = None
     # per-network overrides, e.g. {discriminator: {lr: 4e-4}} for the two-timescale rule
     per_network: dict[str, Any] = field(default_factory=dict)
+    # a model's paper settings keyed by optimizer name ({adam: {lr: 1e-4, betas: [0, 0.9]}}): each
+    # optimizer/*.yaml reads its own entry, so optimizer=sgd never receives Adam's betas; its
+    # per_network entry is applied by the trainer under optimizer.per_network
+    paper: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

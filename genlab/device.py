@@ -20,4 +20,7 @@ def resolve_device(name: str) -> torch.device:
             raise GenlabError(f"trainer.device={name} but only {torch.cuda.device_count()} CUDA device(s) exist")
     if name == "mps" and not torch.backends.mps.is_available():
         raise GenlabError("trainer.device=mps but MPS is not available; use trainer.device=cpu or auto")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise GenlabError(f"device={name} is not a device; use auto, cpu, cuda or cuda:N") from None

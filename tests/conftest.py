@@ -86,3 +86,15 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 
 
 TINY = ["trainer=debug", "trainer.progress=false"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold bit-identical weights and optimizer states at the same step."""
+    assert a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key in a["optimizers"]:
+        sa, sb = a["optimizers"][key]["state"], b["optimizers"][key]["state"]
+        for i in sa:
+            for name in sa[i]:
+                assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), (key, i, name)

@@ -66,6 +66,9 @@ def test_cli_missing_dataset_offline(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "dataset mnist not found" in lines[0] and "looked in" in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    assert "Error downloading" not in lines[0]  # the reason, not torchvision's dangling header
+    # checked before Hydra makes a run folder; the failed download removed the folders it made
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "d").exists()
 
 
 @pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="Debian's dataset-fashion-mnist is not installed")

@@ -11,7 +11,7 @@ import torch
 from genlab.commands.train import train
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import GenlabError
-from tests.conftest import compose, run_cli
+from tests.conftest import assert_same_state, compose, run_cli
 
 FOUNDATION_MODELS = ["gan", "wgan", "wgan_gp", "vae", "realnvp"]
 SMALL = {  # small networks so a step takes milliseconds
@@ -96,13 +96,7 @@ def test_resume_is_bit_identical(model, dataset, mnist_root, tmp_path):
                                               "trainer.sample_every=2"])), second)
     a, b = _weights(straight), _weights(second)
     assert a["step"] == b["step"] == 2 * n
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for key in a["optimizers"]:
-        sa, sb = a["optimizers"][key]["state"], b["optimizers"][key]["state"]
-        for i in sa:
-            for name in sa[i]:
-                assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), (key, i, name)
+    assert_same_state(a, b)
     # the first run's checkpoint is untouched by the resumed run
     assert _weights(first)["step"] == n
 

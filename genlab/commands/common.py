@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,15 +19,60 @@ log = logging.getLogger("genlab")
 
 @contextlib.contextmanager
 def user_errors():
-    """Inside a command: a GenlabError becomes one 'genlab: error: ...' line on stderr and exit status 2."""
+    """A GenlabError or failed write becomes one 'genlab: error:' line, exit 2; a stop, its signal's status."""
+    from genlab.engine import checkpoint as ckpt
+    from genlab.engine import signals
+
     try:
         yield
     except GenlabError as e:
         print(f"genlab: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # a full disk, a read-only or missing folder: the path and the cause
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"genlab: error: {where}{ckpt.os_cause(e)}", file=sys.stderr)
+        sys.exit(2)
+    except signals.Stopped as e:
+        print(f"genlab: {e}; continue with: genlab train trainer.resume={Path(e.path).parent.parent}",
+              file=sys.stderr)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(signals.EXIT_CODES.get(signals.requested_signal(), 130))
+
+
+def check_writable(path: Path | str, what: str, folder: bool = False) -> None:
+    """Before any work: `path` (a file, or a folder when folder=True) can be created or written.
+
+    A write is tried in the nearest existing folder (a temporary file, gone at once), since
+    permissions alone do not tell a read-only mount or /proc apart from a writable folder."""
+    import tempfile
+
+    path = Path(os.path.expanduser(str(path)))
+    if path.exists() and (path.is_dir() != folder):
+        kind = "a folder" if path.is_dir() else "a file"
+        raise GenlabError(f"{what}={path} is {kind}; give a {'folder' if folder else 'file'} path")
+    probe = path if folder and path.is_dir() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GenlabError(f"{what}={path} cannot be created: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+        if path.is_file():
+            with open(path, "r+b"):
+                pass
+    except OSError as e:
+        raise GenlabError(f"{what}={path} cannot be written ({probe}: {e.strerror or e})") from None
+
+
+def run_folder(run: str | Path) -> Path:
+    """The run folder of run= (a folder, or a .pt file inside its checkpoints/)."""
+    p = Path(os.path.expanduser(str(run)))
+    if p.is_file():
+        return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+    return p
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import __version__
-from genlab.commands.common import load_run, user_errors
+from genlab.commands.common import check_writable, load_run, run_folder, user_errors
 from genlab.config import register_configs
 from genlab.errors import GenlabError
 
@@ -86,6 +86,8 @@ def evaluate_run(cfg: DictConfig) -> dict:
     t0 = time.perf_counter()
     if cfg.num_samples is not None and int(cfg.num_samples) < 2:
         raise GenlabError(f"num_samples must be >= 2, got {cfg.num_samples}")
+    out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "eval.json"
+    check_writable(out, "out")  # before the evaluation, which may take minutes
     run = load_run(str(cfg.run), str(cfg.checkpoint), str(cfg.device))
     device = resolve_device(str(cfg.device))
     data, dcfg = run_data(run, cfg.dataset.root)
@@ -118,7 +120,6 @@ def evaluate_run(cfg: DictConfig) -> dict:
         "floor": {r["metric"]: r["floor"] for r in rows if r["floor"] is not None},
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    out = Path(cfg.out) if cfg.out else run_dir / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from genlab.commands.common import load_run, user_errors
+from genlab.commands.common import check_writable, load_run, run_folder, user_errors
 from genlab.errors import GenlabError
 
 
@@ -177,9 +177,10 @@ def sample(cfg: DictConfig) -> Path:
     """The `genlab sample` command."""
     if cfg.num_samples < 1:
         raise GenlabError(f"num_samples must be >= 1, got {cfg.num_samples}")
-    out = Path(cfg.out) if cfg.out else Path(str(cfg.run)) / "samples" / "sample.png"
+    out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "samples" / "sample.png"
     if out.suffix not in (".png", ".npz"):
         raise GenlabError(f"out={out} must end in .png (an image grid) or .npz (arrays)")
+    check_writable(out, "out")  # before drawing samples, which may take minutes
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")

@@ -59,6 +59,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     from genlab import data as data_lib
     from genlab.config import model_class
     from genlab.engine import checkpoint as ckpt
+    from genlab.engine import signals
     from genlab.engine.trainer import Trainer
 
     if not dist.is_main:  # rank 0 says it once
@@ -93,9 +94,10 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
         log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
     if trainer.stopped_by:
-        log.info("stopped by signal %d at step %d; checkpoint %s; continue with trainer.resume=%s",
-                 trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt", run_dir)
-        sys.exit(128 + trainer.stopped_by)
+        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt")
+        if not dist.is_main:
+            sys.exit(stop.exit_code)  # rank 0 says it once
+        raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
     if cfg.trainer.objective and status is not None:
         status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: evaluation is collective
@@ -167,7 +169,7 @@ def run_task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from genlab.engine import distributed
+    from genlab.engine import distributed, signals
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -176,9 +178,9 @@ def run_task(cfg: DictConfig) -> float | None:
     status.write("running")
     try:
         train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
-    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C, or a signal that stopped training at a step
+    except (KeyboardInterrupt, SystemExit, signals.Stopped) as e:  # a signal stops the sweep, not just this job
         if not (isinstance(e, SystemExit) and e.code in (0, None)):
-            status.write("interrupted", "interrupted" if isinstance(e, KeyboardInterrupt) else f"exit status {e.code}")
+            status.write("interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
         status.write("failed", first_line(e))

@@ -1,5 +1,5 @@
 """Datasets: `build(cfg.dataset)` gives a Data held on the training device; `expected_spec` its shape
-without loading anything (so configs are validated before data is read)."""
+and `check` its presence without loading anything (so a run fails before its folder is made)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hydra.utils import get_method
 from genlab.data.base import Data, Spec
 from genlab.errors import GenlabError
 
-__all__ = ["Data", "Spec", "build", "expected_spec", "full_dataset"]
+__all__ = ["Data", "Spec", "build", "check", "expected_spec", "full_dataset"]
 
 
 def _loader(cfg):
@@ -27,6 +27,13 @@ def expected_spec(cfg) -> Spec:
     """The Spec a dataset config will produce (a loader declares it via its `spec` attribute)."""
     fn = _loader(cfg)
     return fn.spec(cfg)
+
+
+def check(cfg) -> None:
+    """Before a run: the dataset's files are there (a loader declares how via its `check` attribute).
+
+    Cheap on purpose: files are found and headers verified, nothing is decoded."""
+    _loader(cfg).check(cfg)
 
 
 def full_dataset(dataset_cfg, data=None) -> Data:

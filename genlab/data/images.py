@@ -6,6 +6,7 @@ here, at load time, so training only indexes.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
@@ -124,30 +125,67 @@ def _download(name: str, root: Path) -> str | None:
         for train in (True, False):
             cls(str(root), train=train, download=True)
     except Exception as e:  # noqa: BLE001 - network errors come in many types
-        cause = e.__cause__ or e.__context__ or e
-        text = str(cause).strip().splitlines()[0][:120] if str(cause).strip() else type(cause).__name__
-        return f"is the network reachable? {text}"
+        return f"is the network reachable? {_download_reason(e)}"
     return None
 
 
-def _load_splits(name: str, cfg):
-    root = data_root(cfg)
-    loader = _load_cifar10 if name == "cifar10" else (lambda r: _load_idx_dataset(name, r))
-    splits, looked = loader(root)
-    if splits is None and cfg.download:
-        err = _download(name, root)
-        splits, looked = loader(root)
-        if splits is None:
-            raise GenlabError(
-                f"dataset {name} not found and the download failed ({err}); looked in "
-                f"{', '.join(str(p) for p in looked)}. Put the files there (torchvision layout) or "
-                f"point dataset.root / GENLAB_DATA at them")
-    if splits is None:
+def _download_reason(e: BaseException) -> str:
+    """The innermost cause of a failed download, on one line (torchvision lists every mirror it tried)."""
+    while (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # "Error downloading x:\nTried URL, got:\n<urlopen error ...>": the reason is the last line.
+    reason = lines[-1] if lines else type(e).__name__
+    return reason.strip("<>")[:160]
+
+
+def _missing(name: str, root: Path) -> list[Path] | None:
+    """None when every file of the dataset is on disk (nothing is read), else the folders looked in."""
+    if name == "cifar10":
+        d = root / "cifar-10-batches-py"
+        names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        return None if all((d / n).is_file() for n in names) else [d]
+    dirs = _idx_dirs(name, root)
+    stems = [stem for pair in IDX_FILES.values() for stem in pair]
+    return None if all(_find_idx(dirs, s) is not None for s in stems) else dirs
+
+
+def _download_cleanly(name: str, root: Path) -> str | None:
+    """_download, removing the (empty) folders it made when it fails: a failed start leaves nothing."""
+    tv = IMAGE_DATASETS[name][0]
+    new = [p for p in (root / tv / "raw", root / tv, root, *root.parents) if not p.exists()]  # innermost first
+    err = _download(name, root)
+    if err is not None:
+        for d in new:
+            with contextlib.suppress(OSError):  # rmdir refuses a folder that is not empty
+                d.rmdir()
+    return err
+
+
+def check_present(cfg) -> None:
+    """Before a run starts: the dataset's files exist, downloaded now if allowed; else one line."""
+    name, root = cfg.name, data_root(cfg)
+    looked = _missing(name, root)
+    if looked is None:
+        return
+    if cfg.download:
+        err = _download_cleanly(name, root)
+        if _missing(name, root) is None:
+            return
         raise GenlabError(
-            f"dataset {name} not found (dataset.download=false); looked in "
-            f"{', '.join(str(p) for p in looked)}. Put the files there, point dataset.root (or GENLAB_DATA) at "
-            f"them, or set dataset.download=true")
-    return splits
+            f"dataset {name} not found and the download failed ({err}); looked in "
+            f"{', '.join(str(p) for p in looked)}. Put the files there (torchvision layout) or "
+            f"point dataset.root / GENLAB_DATA at them")
+    raise GenlabError(
+        f"dataset {name} not found (dataset.download=false); looked in "
+        f"{', '.join(str(p) for p in looked)}. Put the files there, point dataset.root (or GENLAB_DATA) at "
+        f"them, or set dataset.download=true")
+
+
+def _load_splits(name: str, cfg):
+    check_present(cfg)
+    loader = _load_cifar10 if name == "cifar10" else (lambda r: _load_idx_dataset(name, r))
+    return loader(data_root(cfg))[0]
 
 
 # ---- conversions ------------------------------------------------------------------------------
@@ -205,11 +243,17 @@ def _tv_spec(cfg) -> Spec:
     if cfg.name not in IMAGE_DATASETS:
         raise GenlabError(f"unknown image dataset '{cfg.name}'; choose one of {', '.join(IMAGE_DATASETS)}")
     _, (c, h, _), k, _ = IMAGE_DATASETS[cfg.name]
+    if cfg.classes is not None:
+        bad = [c for c in cfg.classes if not 0 <= c < k]
+        if bad or not len(cfg.classes):
+            raise GenlabError(f"dataset.classes={list(cfg.classes)}: {cfg.name} has classes 0..{k - 1}; "
+                              "give a non-empty list of those")
     size = cfg.image_size or h
     return Spec("image", (cfg.channels or c, size, size), k, binarized=cfg.binarize is not None)
 
 
 torchvision_dataset.spec = _tv_spec
+torchvision_dataset.check = check_present
 
 # ---- folders of images ------------------------------------------------------------------------
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -245,8 +289,8 @@ def list_images(path: Path) -> tuple[list[Path], list[int] | None, list[str] | N
     return files, None, None
 
 
-def image_folder(cfg, seed: int = 0) -> Data:
-    """Every image under dataset.path, resized (shorter side) and centre-cropped to image_size."""
+def _folder_images(cfg) -> tuple[Path, list[Path], list[int] | None, list[str] | None]:
+    """The folder and its image files (up to dataset.limit), or one line saying what is missing."""
     if not cfg.path:
         raise GenlabError("dataset=image_folder needs dataset.path=/path/to/images")
     path = Path(os.path.expanduser(str(cfg.path)))
@@ -257,6 +301,28 @@ def image_folder(cfg, seed: int = 0) -> Data:
         raise GenlabError(f"no images found under {path} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if cfg.limit is not None:
         files, labels = files[:cfg.limit], (labels[:cfg.limit] if labels else None)
+    return path, files, labels, names
+
+
+# Before a run, every image is opened and verified (no decoding) up to this many; the rest at load.
+VERIFY_MAX = 5000
+
+
+def check_folder(cfg) -> None:
+    """Before a run starts: the folder exists and holds readable images (headers and checksums only)."""
+    from PIL import Image
+
+    for p in _folder_images(cfg)[1][:VERIFY_MAX]:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds
+            raise GenlabError(f"cannot read image {p} ({type(e).__name__}); remove or replace it") from None
+
+
+def image_folder(cfg, seed: int = 0) -> Data:
+    """Every image under dataset.path, resized (shorter side) and centre-cropped to image_size."""
+    path, files, labels, names = _folder_images(cfg)
     channels, size = cfg.channels or 3, cfg.image_size or 64
     x = torch.stack([_load_image(p, channels, size) for p in files])
     y = torch.tensor(labels, dtype=torch.int64) if labels else None
@@ -270,5 +336,6 @@ def image_folder(cfg, seed: int = 0) -> Data:
                 class_names=names, seed=seed, binarize=cfg.binarize)
 
 
+image_folder.check = check_folder
 image_folder.spec = lambda cfg: Spec("image", (cfg.channels or 3, cfg.image_size or 64, cfg.image_size or 64),
                                      None, binarized=cfg.binarize is not None)

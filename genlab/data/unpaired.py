@@ -28,6 +28,8 @@ def domain_config(cfg, key: str):
                           "or {path: /folder/of/images})")
     shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in _OWN_KEYS}
     own = OmegaConf.to_container(node, resolve=True) if not isinstance(node, dict) else dict(node)
+    if "path" in own and not own["path"] and not own.get("name"):
+        raise GenlabError(f"dataset={cfg.name} needs dataset.{key}.path=/folder/of/images")
     merged = {**shared, **own}
     if "_target_" not in own:
         merged["_target_"] = ("genlab.data.images.image_folder" if own.get("path")
@@ -108,3 +110,13 @@ def _spec(cfg) -> Spec:
 
 
 unpaired.spec = _spec
+
+
+def _check(cfg) -> None:
+    from genlab.data import check
+
+    for key in ("domain_a", "domain_b"):
+        check(domain_config(cfg, key))
+
+
+unpaired.check = _check

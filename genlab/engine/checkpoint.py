@@ -6,9 +6,13 @@ last.pt; read with torch.load(weights_only=True), so loading a checkpoint cannot
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import pickle
 import random
-import tempfile
+import uuid
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,21 +50,53 @@ def _tuples(x):
     return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+TMP_GLOB = "*.pt.*.tmp"
+NOT_OURS = "it is corrupt, truncated or not a genlab checkpoint; use checkpoints/last.pt of a genlab run"
+
+
 def save(state: dict, path: Path) -> None:
-    """Atomically write `state` to `path`."""
+    """Atomically write `state` to `path`; a failed write is one line and leaves the old file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp(path.parent)
+        # 0o666 less the umask, like every other file of the run (mkstemp would make it 0600).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise GenlabError(f"cannot write checkpoint {path}: {os_cause(e)}; "
+                              f"the previous {path.name} (if any) is kept") from None
         raise
+
+
+def os_cause(e: OSError) -> str:
+    """'No space left on device (free some disk space)': the cause and what to do, from an OSError."""
+    cause = e.strerror or str(e)
+    hints = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk quota",
+             errno.EROFS: "write to another folder", errno.EACCES: "check the folder's permissions",
+             errno.ENOTDIR: "a parent of it is a file, not a folder"}
+    return cause + (f" ({hints[e.errno]})" if e.errno in hints else "")
+
+
+def remove_stale_tmp(folder: Path) -> list[Path]:
+    """Delete temporary checkpoint files a killed writer left in `folder`; returns what was removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for p in folder.glob(TMP_GLOB):
+        with contextlib.suppress(OSError):
+            p.unlink()
+            removed.append(p)
+    return removed
 
 
 def resolve(path_or_run: str | Path, name: str = "last") -> Path:
@@ -76,30 +112,55 @@ def resolve(path_or_run: str | Path, name: str = "last") -> Path:
 def load(path: Path) -> dict:
     """Read a checkpoint safely; a corrupt or foreign file is a one-line error."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - unpickling fails in many ways
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise GenlabError(f"cannot read checkpoint {path}: it is corrupt, truncated or not a genlab checkpoint ({msg[:160]})") from None
+        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: noise around our one line
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "GLOBAL" in str(e):
+            # weights_only refused a global (a class or function): the file holds more than tensors.
+            raise GenlabError(f"checkpoint {path} contains objects other than tensors{_refused_global(str(e))}: "
+                              "refused (genlab never runs code from a checkpoint); use a checkpoint written by genlab") from None
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR, errno.EIO, errno.ENOTDIR):
+            raise GenlabError(f"cannot read checkpoint {path}: {os_cause(e)}") from None
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
+    except Exception:  # noqa: BLE001 - a foreign or truncated file fails in many ways
+        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
         raise GenlabError(f"{path} is not a genlab checkpoint (no model state in it)")
     return state
 
 
-def load_model_state(model: torch.nn.Module, state_dict: dict, path) -> None:
-    """Load weights strictly, turning a mismatch into one line that names what differs."""
+def _refused_global(message: str) -> str:
+    """' (os.system)' from torch's 'Unsupported global: GLOBAL os.system ...' message, else ''."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" ({m.group(1)})" if m else ""
+
+
+def model_mismatch(model: torch.nn.Module, state_dict: dict) -> str | None:
+    """What differs between a model's weights and a checkpoint's (names, shapes), or None."""
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     shapes = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
-        raise GenlabError(f"checkpoint {path} does not match this model/config ({'; '.join(parts)}); "
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatch(es), e.g. {k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    return "; ".join(parts) or None
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict, path) -> None:
+    """Load weights strictly, turning a mismatch into one line that names what differs."""
+    problem = model_mismatch(model, state_dict)
+    if problem:
+        raise GenlabError(f"checkpoint {path} does not match this model/config ({problem}); "
                           "use the same model and dataset settings as the run that wrote it")
     model.load_state_dict(state_dict)

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from genlab.engine import signals
 from genlab.errors import GenlabError
 
 log = logging.getLogger("genlab")
@@ -114,12 +115,12 @@ class Dist:
         def mark(signum, frame):
             self._signal = self._signal or signum
 
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in signals.EXIT_CODES:  # SIGTERM, SIGINT and SIGUSR1 (SLURM's warning)
             signal.signal(s, mark)
 
     def stop_requested(self, local: bool = False) -> int | None:
         """The signal number when any rank was signalled (or `local` is set on any rank), else None."""
-        mine = self._signal or (signal.SIGTERM if local else 0)
+        mine = self._signal or signals.requested_signal() or (signal.SIGTERM if local else 0)
         if not self.enabled:
             return mine or None
         t = torch.tensor([mine], device=self.device)

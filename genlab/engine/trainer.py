@@ -7,9 +7,11 @@ precision, logging, image grids, checkpoints, evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed
+from genlab.engine import distributed, signals
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.errors import GenlabError
@@ -29,18 +31,33 @@ from genlab.types import Batch
 log = logging.getLogger("genlab")
 
 
+_NEVER = 2**62  # _bad_step's value while every loss was finite
+
+
 def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
     """An optimizer from optimizer._target_ and the keyword arguments that are set (not null)."""
     from hydra.utils import get_class
 
     kw = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items()
-          if k not in ("_target_", "per_network") and v is not None}
+          if k not in ("name", "_target_", "per_network", "paper") and v is not None}
+    paper = (opt_cfg.get("paper") or {}).get(opt_cfg.get("name")) or {}
+    kw.update((paper.get("per_network") or {}).get(network) or {})
     kw.update((opt_cfg.per_network or {}).get(network) or {})
     if "betas" in kw:
         kw["betas"] = tuple(kw["betas"])
     try:
-        return get_class(opt_cfg._target_)(params, **kw)
-    except (TypeError, ValueError) as e:
+        cls = get_class(opt_cfg._target_)
+    except Exception as e:  # noqa: BLE001 - any import failure is a config error here
+        raise GenlabError(f"optimizer._target_={opt_cfg._target_} cannot be imported ({e})") from None
+    try:
+        return cls(params, **kw)
+    except TypeError as e:
+        m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if m is None:
+            raise GenlabError(f"optimizer {opt_cfg._target_} rejects its settings: {e}") from None
+        raise GenlabError(f"optimizer.{m.group(1)} is not an argument of {opt_cfg._target_}; drop it "
+                          f"(optimizer.{m.group(1)}=null) or pick an optimizer that takes it") from None
+    except ValueError as e:
         raise GenlabError(f"optimizer {opt_cfg._target_} rejects its settings: {e}") from None
 
 
@@ -72,6 +89,7 @@ class Trainer:
         self.writer = None
         self.meta: dict = {}
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
+        self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
@@ -140,6 +158,7 @@ class Trainer:
                               "resume with the same model, optimizer and dataset settings") from None
 
     def save(self, name: str = "last") -> Path:
+        self._check_diverged()  # a save syncs anyway; never overwrite a finite checkpoint with nan weights
         path = self.run_dir / "checkpoints" / f"{name}.pt"
         ranks = self._rank_states()
         if self.dist.is_main:
@@ -170,28 +189,45 @@ class Trainer:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
             (self.run_dir / "samples").mkdir(parents=True, exist_ok=True)
-        t = self.tcfg
-        last: dict = {}
+            ckpt.remove_stale_tmp(self.run_dir / "checkpoints")
+        # Watching losses for nan/inf costs no sync: a flag on the device, read when logging or saving.
+        # fp16 skips non-finite steps by design; there the loss scale is watched instead.
+        if self.precision.mode != "16":
+            self._bad_step = torch.full((), _NEVER, dtype=torch.int64, device=self.device)
+        # Under torchrun the ranks' own handlers (distributed.Dist.catch_signals) mark the stop.
+        catch = contextlib.nullcontext() if self.dist.enabled else signals.stop_on_signals()
         try:
-            last = self._loop(t)
-        except KeyboardInterrupt:
-            if self.dist.enabled:  # the other ranks are elsewhere: a collective save could hang
-                raise
-            path = self.save()
-            log.warning("interrupted at step %d; checkpoint written to %s", self.step, path)
-            raise
+            with catch:
+                return self._loop(self.tcfg)
         finally:
             self.writer.close()
-        return last
 
     def _loop(self, t) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and self.dist.is_main), dynamic_ncols=True,
                    desc="train", unit="step")
+        self._last: dict = {}
+        try:
+            self._steps(t, bar)
+        finally:
+            bar.close()  # before any error or stop message, so it is printed on a line of its own
+        if self.step >= t.max_steps:
+            self.stopped_by = None  # the request came with the last step: the run is complete
+        self.elapsed, self.started = self.train_time(), None  # the budget clock stops with the loop
+        self.save()
+        if self.stopped_by:
+            return self._last
+        if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
+            self.log_images()
+        if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
+            self.run_eval()
+        return self._last
+
+    def _steps(self, t, bar) -> None:
+        """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, int] = {}
-        last: dict = {}
         tick, tick_step = time.perf_counter(), self.step
         self.started = tick
         if self.step == 0 and t.sample_every:
@@ -220,6 +256,8 @@ class Trainer:
                         key = f"{s.name}/{k}"
                         v = v.detach().float()
                         ok = torch.isfinite(v)
+                        if k == "loss" and self._bad_step is not None:
+                            self._bad_step = torch.where(ok, self._bad_step, self._bad_step.clamp_max(self.step + 1))
                         sums[key] = sums.get(key, 0.0) + torch.where(ok, v, 0.0)
                         counts[key] = counts.get(key, 0) + ok.float()
             self.step += 1
@@ -231,6 +269,8 @@ class Trainer:
                 tick, tick_step = now, self.step
                 sums, counts = {}, {}
                 last = self.dist.mean(last)
+                self._last = last
+                self._check_diverged()
                 self._check_finite(last)
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
@@ -251,16 +291,6 @@ class Trainer:
             if self.stopped_by:
                 log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
                 break
-        bar.close()
-        self.elapsed, self.started = self.train_time(), None  # the budget clock stops with the loop
-        self.save()
-        if self.stopped_by:
-            return last
-        if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
-            self.log_images()
-        if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
-            self.run_eval()
-        return last
 
     def _train_only(self, key: str) -> None:
         """Gradients only for the networks this step updates (the others are inputs, not targets)."""
@@ -270,6 +300,16 @@ class Trainer:
                     p.requires_grad_(False)
         for p in self.params[key]:
             p.requires_grad_(True)
+
+    def _check_diverged(self) -> None:
+        if self._bad_step is None:
+            return
+        bad = int(self._bad_step)
+        if bad != _NEVER:
+            hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
+            raise GenlabError(f"the loss became nan/inf at step {bad}; training diverged. Lower optimizer.lr{hint} "
+                              "or set trainer.grad_clip (checkpoints/ keeps the last checkpoint written before "
+                              "that step)")
 
     def _check_finite(self, scalars: dict) -> None:
         if self.precision.mode == "16":

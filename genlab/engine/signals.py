@@ -1,0 +1,79 @@
+"""Stop requests from outside (SIGTERM, SIGUSR1, SIGINT): a flag the loop polls at step boundaries.
+
+The first signal only sets the flag, so the current trainer step finishes and last.pt describes a
+state the loop really reached (resuming from it is exact). A second signal stops at once: the
+checkpoint writer is atomic, so the previous last.pt stays intact. `stop_requested()` is the one
+question the loop asks; a distributed run can answer it for all ranks by reducing this flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+# Exit statuses of a run stopped by a signal (128 + the Linux signal number, as shells report it).
+# 138 (SIGUSR1, SLURM's "time is nearly up" signal) means: last.pt is written, requeue the job.
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+if hasattr(signal, "SIGUSR1"):
+    EXIT_CODES[signal.SIGUSR1] = 138
+
+_requested: int | None = None
+
+
+class Stopped(Exception):
+    """Raised after the loop stopped on request and wrote its checkpoint."""
+
+    def __init__(self, signum: int, step: int, path):
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {path}")
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+
+
+def stop_requested() -> bool:
+    """Whether a stop signal arrived since the handlers were installed."""
+    return _requested is not None
+
+
+def requested_signal() -> int | None:
+    """The signal number of the first stop request, or None."""
+    return _requested
+
+
+def request_stop(signum: int = signal.SIGTERM) -> None:
+    """Ask the loop to stop after the current step (what the signal handler does)."""
+    global _requested
+    _requested = int(signum)
+
+
+def _handler(signum, frame) -> None:
+    if _requested is not None:
+        # A second request: the user does not want to wait for the step to finish.
+        raise KeyboardInterrupt
+    request_stop(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, SIGINT/SIGTERM/SIGUSR1 request a stop instead of killing the process."""
+    global _requested
+    _requested = None
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may install handlers; the process default applies
+        return
+    previous = {}
+    for s in EXIT_CODES:
+        if signal.getsignal(s) is signal.SIG_IGN:
+            continue  # e.g. nohup or a background job: whoever started us asked to ignore it
+        try:
+            previous[s] = signal.signal(s, _handler)
+        except (ValueError, OSError):
+            pass
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

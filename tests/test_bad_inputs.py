@@ -1,0 +1,266 @@
+"""The catalogue of bad input: each case is one `genlab: error:` line, exit status 2, no traceback, and
+not a file or folder created or changed (no run folder left behind).
+
+The cases run in this process through `genlab.cli.main` (what the console script calls): the
+pre-flight checks answer before Hydra starts, so each takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab import cli
+from genlab.commands.train import train
+from tests.conftest import compose, run_cli
+
+TOY = ["dataset=grid25", "trainer=debug", "trainer.progress=false", "dataset.n_train=500", "dataset.n_test=100"]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    """A folder with two finished runs, broken checkpoints, image folders and a plain file."""
+    root = tmp_path_factory.mktemp("lab")
+    train(compose(["model=gan", *TOY, "trainer.max_steps=2"]), root / "gan_run")
+    (root / "corrupt.pt").write_bytes(os.urandom(2000))
+    good = (root / "gan_run" / "checkpoints" / "last.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(good[: len(good) // 3])
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": 1, "model": Evil()}, root / "evil.pt")
+    torch.save({"weights": torch.zeros(3)}, root / "foreign.pt")
+    (root / "empty_folder").mkdir()
+    (root / "folder.png").mkdir()
+    (root / "no_images").mkdir()
+    (root / "no_images" / "notes.txt").write_text("not an image")
+    (root / "bad_images").mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "bad_images" / "ok.png")
+    (root / "bad_images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    (root / "a_file").write_text("a regular file")
+    return root
+
+
+RUN = "gan_run"
+CASES = {
+    # ---- train: config values --------------------------------------------------------------------
+    "unknown model": (["train", "model=nope"], "unknown model 'nope'"),
+    "unknown dataset": (["train", "dataset=nope"], "unknown dataset 'nope'"),
+    "unknown optimizer": (["train", "optimizer=adamw"], "unknown optimizer 'adamw'"),
+    "unknown trainer key": (["train", *TOY, "trainer.nope=1"], "trainer.nope"),
+    "mistyped model value": (["train", "model=gan", *TOY, "model.z_dim=abc"], "z_dim"),
+    "negative max_steps": (["train", *TOY, "trainer.max_steps=-1"], "trainer.max_steps must be >= 0"),
+    "zero batch size": (["train", *TOY, "trainer.batch_size=0"], "trainer.batch_size must be >= 1"),
+    "unknown precision": (["train", *TOY, "trainer.precision=8"], "trainer.precision must be one of"),
+    "best_metric without eval": (["train", *TOY, "trainer.best_metric=fid"], "needs trainer.eval_every > 0"),
+    "unknown eval metric": (["train", *TOY, "trainer.eval_every=2", "trainer.eval_metrics=[bogus]"],
+                            "unknown metric bogus"),
+    "zero threads": (["train", *TOY, "trainer.num_threads=0"], "trainer.num_threads must be >= 1"),
+    "unknown command": (["tarin", "model=gan"], "unknown command 'tarin'"),
+    # ---- train: device ---------------------------------------------------------------------------
+    "cuda without cuda": (["train", *TOY, "trainer.device=cuda"], "trainer.device=cuda"),
+    "cuda:99": (["train", *TOY, "trainer.device=cuda:99"], "trainer.device=cuda:99"),
+    "unknown device": (["train", *TOY, "trainer.device=tpu"], "trainer.device must be"),
+    # ---- train: optimizer arguments --------------------------------------------------------------
+    "beta out of range": (["train", "model=gan", *TOY, "optimizer.betas=[1.5,0.999]"], "Invalid beta parameter"),
+    "betas given to sgd": (["train", "model=gan", *TOY, "optimizer=sgd", "optimizer.betas=[0.5,0.9]"],
+                           "optimizer.betas is not an argument of torch.optim.SGD"),
+    "momentum given to adam": (["train", "model=gan", *TOY, "optimizer.momentum=0.9"],
+                               "optimizer.momentum is not an argument of torch.optim.Adam"),
+    "negative lr": (["train", *TOY, "optimizer.lr=-1"], "optimizer.lr must be > 0"),
+    "lr not a number": (["train", *TOY, "optimizer.lr=abc"], "optimizer.lr"),
+    "negative eps": (["train", "model=gan", *TOY, "optimizer.eps=-1"], "Invalid epsilon"),
+    "negative rmsprop alpha": (["train", "model=wgan", *TOY, "optimizer.alpha=-1"], "Invalid alpha"),
+    # ---- train: data -----------------------------------------------------------------------------
+    "mnist missing offline": (["train", "dataset=mnist", "dataset.root=nodata", "dataset.download=false"],
+                              "dataset mnist not found"),
+    "cifar10 missing offline": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=nodata",
+                                 "dataset.download=false"], "dataset cifar10 not found"),
+    "class out of range": (["train", "dataset=fashion_mnist", "dataset.classes=[42]"], "has classes 0..9"),
+    "empty class list": (["train", "dataset=fashion_mnist", "dataset.classes=[]"], "non-empty list"),
+    "image_folder without path": (["train", "model=dcgan", "dataset=image_folder"], "needs dataset.path"),
+    "image_folder missing": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=missing"],
+                             "is not a folder"),
+    "image_folder is a file": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=a_file"],
+                               "is not a folder"),
+    "image_folder empty": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=empty_folder"],
+                           "no images found"),
+    "image_folder without images": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=no_images"],
+                                    "no images found"),
+    "image_folder corrupt image": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=bad_images"],
+                                   "cannot read image"),
+    "unpaired without paths": (["train", "model=cyclegan", "dataset=unpaired_folders"],
+                               "needs dataset.domain_a.path"),
+    # ---- train: resume ---------------------------------------------------------------------------
+    "resume missing": (["train", *TOY, "trainer.resume=missing"], "no checkpoint at"),
+    "resume corrupt": (["train", *TOY, "trainer.resume=corrupt.pt"], "not a genlab checkpoint"),
+    "resume truncated": (["train", *TOY, "trainer.resume=truncated.pt"], "corrupt, truncated"),
+    "resume unsafe": (["train", *TOY, "trainer.resume=evil.pt"], "contains objects other than tensors"),
+    "resume foreign": (["train", *TOY, "trainer.resume=foreign.pt"], "is not a genlab checkpoint"),
+    "resume other model": (["train", f"trainer.resume={RUN}", "model=wgan_gp", *TOY], "is of model=gan"),
+    "resume other shape": (["train", f"trainer.resume={RUN}", "model=gan", *TOY, "model.z_dim=3"],
+                           "does not match this model"),
+    "resume other data": (["train", f"trainer.resume={RUN}", "model=gan", *TOY, "dataset=toy1d"],
+                          "resume with the same dataset"),
+    "resume other optimizer": (["train", f"trainer.resume={RUN}", "model=gan", *TOY, "optimizer=sgd"],
+                               "resume with the same optimizer"),
+    # ---- train: output folder --------------------------------------------------------------------
+    "run dir under a file": (["train", *TOY, "hydra.run.dir=a_file/run"], "a_file is a file, not a folder"),
+    "run dir is a file": (["train", *TOY, "hydra.run.dir=a_file"], "is a file"),
+    "run dir in /proc": (["train", *TOY, "hydra.run.dir=/proc/genlab_run"], "cannot be written"),
+    # ---- sweeps: every value is checked before job 0 ---------------------------------------------
+    "sweep bad device": (["train", "-m", *TOY, "trainer.device=cpu,cuda:99"], "trainer.device=cuda:99"),
+    "sweep bad lr": (["train", "-m", *TOY, "optimizer.lr=0.001,-1"], "optimizer.lr must be > 0"),
+    "sweep missing dataset": (["train", "-m", *TOY, "dataset=grid25,mnist", "dataset.root=nodata",
+                               "dataset.download=false"], "dataset mnist not found"),
+    "sweep unknown model": (["train", "-m", *TOY, "model=gan,nope"], "unknown model 'nope'"),
+    "sweep sgd with betas": (["train", "-m", "model=gan", *TOY, "optimizer=adam,sgd", "optimizer.betas=[0.5,0.9]"],
+                             "not an argument of torch.optim.SGD"),
+    "sweep dir under a file": (["train", "-m", *TOY, "seed=0,1", "hydra.sweep.dir=a_file/sweep"], "is a file"),
+    # ---- sample ----------------------------------------------------------------------------------
+    "sample without run": (["sample"], "needs run="),
+    "sample missing run": (["sample", "run=missing"], "no checkpoint at"),
+    "sample corrupt": (["sample", "run=corrupt.pt"], "not a genlab checkpoint"),
+    "sample unsafe": (["sample", "run=evil.pt"], "contains objects other than tensors"),
+    "sample bad suffix": (["sample", f"run={RUN}", "out=x.jpg"], "must end in .png"),
+    "sample out under a file": (["sample", f"run={RUN}", "out=a_file/x.png"], "a_file is a file"),
+    "sample out in /proc": (["sample", f"run={RUN}", "out=/proc/x.npz"], "cannot be written"),
+    "sample out is a folder": (["sample", f"run={RUN}", "out=folder.png"], "is a folder"),
+    "sample zero samples": (["sample", f"run={RUN}", "num_samples=0"], "num_samples must be >= 1"),
+    "sample unknown mode": (["sample", f"run={RUN}", "mode=zoom"], "mode=zoom is unknown"),
+    "sample labels unconditional": (["sample", f"run={RUN}", "labels=3"], "class-conditional"),
+    "sample temperature gan": (["sample", f"run={RUN}", "temperature=0.5"], "temperature= applies to flows"),
+    "sample no best.pt": (["sample", f"run={RUN}", "checkpoint=best"], "no checkpoint at"),
+    "sample cuda:99": (["sample", f"run={RUN}", "device=cuda:99"], "trainer.device=cuda:99"),
+    "sample unknown device": (["sample", f"run={RUN}", "device=tpu"], "device=tpu is not a device"),
+    "sample count not a number": (["sample", f"run={RUN}", "num_samples=abc"], "num_samples must be a whole number"),
+    "sample zero batch": (["sample", f"run={RUN}", "batch_size=0"], "batch_size must be >= 1"),
+    "sample zero nrow": (["sample", f"run={RUN}", "nrow=0"], "nrow must be >= 1"),
+    "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "steps=1"], "steps must be >= 2"),
+    "sample bad truncation": (["sample", f"run={RUN}", "truncation=-1"], "truncation must be > 0"),
+    # ---- eval ------------------------------------------------------------------------------------
+    "eval without run": (["eval"], "needs run="),
+    "eval missing run": (["eval", "run=missing"], "no checkpoint at"),
+    "eval corrupt": (["eval", "run=corrupt.pt"], "not a genlab checkpoint"),
+    "eval one sample": (["eval", f"run={RUN}", "num_samples=1"], "num_samples must be >= 2"),
+    "eval out in /proc": (["eval", f"run={RUN}", "out=/proc/x.json"], "cannot be written"),
+    "eval out under a file": (["eval", f"run={RUN}", "out=a_file/e.json"], "a_file is a file"),
+    "eval unknown device": (["eval", f"run={RUN}", "device=tpu"], "device=tpu is not a device"),
+    "eval zero batch": (["eval", f"run={RUN}", "batch_size=0"], "batch_size must be >= 1"),
+    "eval unknown metric": (["eval", f"run={RUN}", "metrics=[nonsense]"], "nonsense"),
+    "eval no best.pt": (["eval", f"run={RUN}", "checkpoint=best"], "no checkpoint at"),
+}
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging():
+    """Hydra apps run here configure logging onto this test's captured streams: undo that afterwards."""
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+    yield
+    for name in list(logging.root.manager.loggerDict) + ["root"]:
+        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
+        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def snapshot(root: Path) -> dict:
+    """Every file (size, mtime) and folder under root."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            st = os.stat(os.path.join(dirpath, f))
+            out[os.path.relpath(os.path.join(dirpath, f), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_and_changes_nothing(name, lab, monkeypatch, capsys):
+    args, expected = CASES[name]
+    if name == "cuda without cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(lab)
+    monkeypatch.delenv("GENLAB_DATA", raising=False)
+    monkeypatch.delenv("GENLAB_OUTPUTS", raising=False)
+    monkeypatch.setattr(sys, "argv", ["genlab"])
+    before = snapshot(lab)
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert e.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("genlab: error: "), err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert snapshot(lab) == before
+
+
+def test_the_catalogue_is_large():
+    assert len(CASES) >= 40
+
+
+def test_failed_download_reason_is_the_innermost_cause():
+    from genlab.data.images import _download_reason
+
+    try:
+        try:
+            raise OSError("[Errno -2] Name or service not known")
+        except OSError:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://x/, got:\n"
+                               "<urlopen error [Errno -2] Name or service not known>\n")
+    except RuntimeError as e:
+        assert _download_reason(e) == "[Errno -2] Name or service not known"
+    torchvision_style = RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://x/, got:\n"
+                                     "<urlopen error [Errno -2] Name or service not known>\n")
+    assert _download_reason(torchvision_style) == "urlopen error [Errno -2] Name or service not known"
+
+
+def test_bad_input_through_the_console_script(lab):
+    """One case end to end in a subprocess: the same line, no traceback, no folder."""
+    before = snapshot(lab)
+    r = run_cli(["train", *TOY, "trainer.device=cuda:99"], lab)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genlab: error: trainer.device=cuda:99 but "), r.stderr
+    assert snapshot(lab) == before
+
+
+def test_optimizer_switch_keeps_each_optimizers_own_settings():
+    cfg = compose(["model=wgan_gp", "optimizer=sgd"])
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 1e-2 and cfg.optimizer.betas is None
+    cfg = compose(["model=wgan_gp"])
+    assert cfg.optimizer.lr == 1e-4 and list(cfg.optimizer.betas) == [0.0, 0.9]  # the paper's Adam settings
+    cfg = compose(["model=wgan_gp", "optimizer.lr=3e-4"])
+    assert cfg.optimizer.lr == 3e-4 and list(cfg.optimizer.betas) == [0.0, 0.9]  # the command line wins
+    cfg = compose(["model=wgan", "optimizer=adam"])
+    assert cfg.optimizer.lr == 2e-4 and list(cfg.optimizer.betas) == [0.5, 0.999]  # RMSprop's 5e-5 stays there
+    cfg = compose(["model=wgan"])
+    assert cfg.optimizer._target_ == "torch.optim.RMSprop" and cfg.optimizer.lr == 5e-5
+
+
+def test_infogan_paper_per_network_lr_applies_to_adam_only():
+    from genlab.engine.trainer import build_optimizer
+
+    p = [torch.zeros(1, requires_grad=True)]
+    adam = build_optimizer(compose(["model=infogan"]).optimizer, p, "generator")
+    assert adam.param_groups[0]["lr"] == 1e-3
+    sgd = build_optimizer(compose(["model=infogan", "optimizer=sgd"]).optimizer, p, "generator")
+    assert sgd.param_groups[0]["lr"] == 1e-2
+    mine = build_optimizer(compose(["model=infogan", "+optimizer.per_network.generator.lr=5e-4"]).optimizer, p,
+                           "generator")
+    assert mine.param_groups[0]["lr"] == 5e-4
+
+

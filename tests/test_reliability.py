@@ -1,0 +1,201 @@
+"""Stop signals, full disks, stale temporary files, checkpoint modes and divergence at the step it happens."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab.commands.common import user_errors
+from genlab.commands.train import train
+from genlab.engine import checkpoint as ckpt
+from genlab.engine import signals
+from genlab.errors import GenlabError
+from tests.conftest import REPO, assert_same_state, compose
+
+TOY = ["model=gan", "dataset=grid25", "trainer=debug", "trainer.progress=false", "trainer.num_threads=1",
+       "trainer.sample_every=0", "trainer.log_every=10", "dataset.n_train=2000", "dataset.n_test=200"]
+
+
+def _env() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    env.pop("GENLAB_DATA", None)
+    return env
+
+
+def _genlab(args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genlab", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _start(args, cwd) -> subprocess.Popen:
+    # A background job of a non-interactive shell inherits SIGINT as ignored (and genlab honours
+    # that, as Python does): give the child the default disposition, as a terminal would.
+    return subprocess.Popen([sys.executable, "-m", "genlab", *args], cwd=cwd, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until `path` exists: the loop is running and its signal handlers are installed."""
+    t0 = time.time()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+
+
+@pytest.mark.slow  # three runs in subprocesses
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_finishes_the_step_and_resume_is_bit_identical(sig, code, tmp_path):
+    proc = _start(["train", *TOY, "trainer.max_steps=100000", "trainer.checkpoint_every=5",
+                   "hydra.run.dir=stopped"], tmp_path)
+    _wait_for(tmp_path / "stopped" / "checkpoints" / "last.pt", proc)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"genlab: stopped by {signal.Signals(sig).name} at step "), err
+    stopped = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    n = stopped["step"]
+    assert 5 <= n < 100000 and f"at step {n};" in last
+    assert not list((tmp_path / "stopped" / "checkpoints").glob("*.tmp"))
+
+    # continue to n + 3 steps, and compare with one run straight to n + 3
+    r = _genlab(["train", "trainer.resume=stopped", f"trainer.max_steps={n + 3}", "hydra.run.dir=resumed"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _genlab(["train", *TOY, f"trainer.max_steps={n + 3}", "trainer.checkpoint_every=5", "hydra.run.dir=straight"],
+                tmp_path)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)
+    assert a["step"] == n + 3
+    assert_same_state(a, b)
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(tmp_path):
+    proc = _start(["train", *TOY, "trainer.max_steps=100000", "trainer.checkpoint_every=5", "hydra.run.dir=run"],
+                  tmp_path)
+    _wait_for(tmp_path / "run" / "checkpoints" / "last.pt", proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and (last == "genlab: interrupted" or last.startswith("genlab: stopped by SIGINT")), err
+    state = ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")  # intact: loads, and is a real step
+    assert state["step"] >= 5
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_stop_request_in_process_writes_the_current_step(tmp_path, monkeypatch):
+    cfg = compose([*TOY, "trainer.max_steps=50", "trainer.checkpoint_every=0"])
+    from genlab.models.base import Step
+
+    real = Step.__init__
+
+    def stop_at_7(self, *a, **k):  # the model's steps, with a stop request during trainer step 7
+        real(self, *a, **k)
+        fn = self.fn
+
+        def wrapped(batch, ctx):
+            if ctx.step == 6:
+                signals.request_stop(signal.SIGUSR1)
+            return fn(batch, ctx)
+        self.fn = wrapped
+
+    monkeypatch.setattr(Step, "__init__", stop_at_7)
+    with pytest.raises(signals.Stopped) as e:
+        train(cfg, tmp_path / "run")
+    assert e.value.step == 7 and e.value.exit_code == 138
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 7
+
+
+@pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS])
+def test_failed_save_is_one_line_and_keeps_the_previous_checkpoint(err, tmp_path, monkeypatch, capsys):
+    cfg = compose([*TOY, "trainer.max_steps=6", "trainer.checkpoint_every=2"])
+    real, calls = torch.save, {"n": 0}
+
+    def failing_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the checkpoint of step 4: the disk is full / became read-only
+            raise OSError(err, os.strerror(err))
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", failing_save)
+    with pytest.raises(SystemExit) as e:
+        with user_errors():
+            train(cfg, tmp_path / "run")
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("genlab: error: cannot write checkpoint "), lines
+    assert os.strerror(err) in lines[0] and str(tmp_path / "run" / "checkpoints" / "last.pt") in lines[0]
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 2  # the last good one
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_stale_tmp_files_are_removed_and_modes_follow_the_umask(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stale = [folder / "last.pt.4242-deadbeef.tmp", folder / "best.pt.abc.tmp"]
+    for p in stale:
+        p.write_bytes(b"x" * 100)
+    keep = folder / "notes.tmp"  # not a checkpoint temporary: left alone
+    keep.write_text("mine")
+    old = os.umask(0o027)
+    try:
+        ckpt.save({"model": {}, "step": 1}, folder / "last.pt")
+    finally:
+        os.umask(old)
+    assert not any(p.exists() for p in stale) and keep.exists()
+    assert (folder / "last.pt").stat().st_mode & 0o777 == 0o640
+    ckpt.save({"model": {}, "step": 2}, folder / "last.pt")
+    assert (folder / "last.pt").stat().st_mode & 0o777 == 0o666 & ~old
+
+
+def test_stale_tmp_files_are_removed_at_start(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = run / "checkpoints" / "last.pt.1-x.tmp"
+    stale.write_bytes(b"partial")
+    train(compose([*TOY, "trainer.max_steps=1", "trainer.checkpoint_every=0"]), run)
+    assert not stale.exists()
+
+
+def test_divergence_is_reported_at_its_step_and_no_nan_checkpoint_is_written(tmp_path, monkeypatch):
+    cfg = compose([*TOY, "trainer.max_steps=30", "trainer.checkpoint_every=2", "trainer.log_every=10"])
+    from genlab.models.base import Step
+
+    real = Step.__init__
+
+    def nan_from_5(self, *a, **k):
+        real(self, *a, **k)
+        fn = self.fn
+
+        def wrapped(batch, ctx):
+            loss, logs = fn(batch, ctx)
+            return (loss * float("nan") if ctx.step >= 4 else loss), logs
+        self.fn = wrapped
+
+    monkeypatch.setattr(Step, "__init__", nan_from_5)
+    with pytest.raises(GenlabError, match=r"nan/inf at step 5;"):
+        train(cfg, tmp_path / "run")
+    # checkpoints at steps 2 and 4 were written; the one of step 6 (nan weights) was refused
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_error_after_the_progress_bar_is_on_its_own_line(tmp_path):
+    r = _genlab(["train", *TOY, "trainer.progress=true", "trainer.max_steps=30", "optimizer.lr=1e30",
+                 "trainer.log_every=2", "hydra.run.dir=run"], tmp_path)
+    assert r.returncode == 2
+    last = r.stderr.rstrip("\n").split("\n")[-1]
+    assert last.startswith("genlab: error: ") and "diverged" in last, r.stderr[-500:]
