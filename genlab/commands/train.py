@@ -181,6 +181,8 @@ def run_task(cfg: DictConfig) -> float | None:
     except (KeyboardInterrupt, SystemExit, signals.Stopped) as e:  # a signal stops the sweep, not just this job
         if not (isinstance(e, SystemExit) and e.code in (0, None)):
             status.write("interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
+        if isinstance(e, signals.Stopped):
+            signals.hand_over(e.signum)  # last.pt is written: now the launcher may requeue (submitit)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
         status.write("failed", first_line(e))
