@@ -3,11 +3,15 @@
 Before Hydra starts, the overrides are checked once (every value of a sweep included): an unknown
 group option, a mistyped value or a semantic error ends with one line and exit status 2, before
 any run folder is made. `trainer.resume=RUN` first reloads the overrides the resumed run used.
+Paths given to run= and trainer.resume= are quoted for Hydra's grammar, so folders whose names hold
+`=` or `,` (job folders of older versions) work. Hydra plugins that are optional extras are checked
+first, so a missing one is one line naming the extra to install.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import itertools
 import os
 import sys
@@ -19,8 +23,21 @@ COMMANDS = {
     "sample": ("genlab.commands.sample", "sample a run:   genlab sample run=outputs/DATE/TIME out=x.png"),
     "eval": ("genlab.commands.eval", "evaluate a run: genlab eval run=outputs/DATE/TIME"),
     "featurenet": ("genlab.commands.featurenet", "train the feature network used by eval: genlab featurenet dataset=mnist"),
+    "report": ("genlab.commands.report", "compare runs:   genlab report outputs/multirun/DATE/TIME"),
 }
-GROUPS = ("model", "dataset", "optimizer", "trainer", "experiment")
+# Commands that parse their own arguments (no Hydra composition).
+PLAIN = {"report"}
+GROUPS = ("model", "dataset", "optimizer", "trainer", "experiment", "hparams_search")
+PATH_KEYS = ("run", "trainer.resume")
+# Hydra plugins shipped as genlab extras: (override key, value prefix) -> (plugin module, extra).
+PLUGINS = {
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    ("hparams_search", ""): ("hydra_plugins.hydra_optuna_sweeper", "sweep"),
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("hydra/launcher", "submitit"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+}
 # Hydra flags after which a run is not started: skip our checks and let Hydra answer.
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
               "--resolve", "--package", "-p"}
@@ -31,7 +48,7 @@ VALUE_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "
 def usage() -> str:
     lines = ["usage: genlab <command> [key=value ...] [hydra flags]", "", "commands:"]
     lines += [f"  {name:<11}{text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Each command is a Hydra app: `genlab train --help` lists its config groups,",
+    lines += ["", "Each command but report is a Hydra app: `genlab train --help` lists its config groups,",
               "`genlab train --cfg job` prints the composed config, `-m` sweeps (multirun)."]
     return "\n".join(lines)
 
@@ -95,13 +112,41 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1].replace("\\" + value[0], value[0])
+    return value
+
+
+def quote_paths(overrides: list[str]) -> list[str]:
+    """run=/trainer.resume= values that name an existing path, quoted for Hydra (`=`, `,` in names)."""
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and _key(o) in PATH_KEYS and value[:1] not in ("'", '"') and Path(value).expanduser().exists():
+            value = "'" + value.replace("'", "\\'") + "'"
+        out.append(f"{key}{eq}{value}")
+    return out
+
+
+def check_plugins(overrides: list[str]) -> None:
+    """An optional Hydra plugin that is asked for but not installed: one line naming the extra."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        for (k, prefix), (module, extra) in PLUGINS.items():
+            if _key(key) == k and value.startswith(prefix) and value not in ("null", ""):
+                if importlib.util.find_spec(module) is None:
+                    fail(f"{o} needs the {module.split('.')[-1].replace('_', '-')} plugin; "
+                         f"install it with: pip install 'genlab[{extra}]'")
+
+
 def expand_resume(overrides: list[str]) -> list[str]:
     """Prepend the overrides of the run being resumed, so the same config is composed again."""
     resume = [o for o in overrides if _key(o) == "trainer.resume"]
     if not resume:
         return overrides
-    value = resume[-1].split("=", 1)[1]
-    if value in ("", "null", "None"):
+    value = _unquote(resume[-1].split("=", 1)[1])
+    if value in ("", "null", "None", "auto"):  # auto: this run folder's own last.pt, if any
         return overrides
     from genlab.engine import checkpoint as ckpt
     from genlab.errors import GenlabError
@@ -224,8 +269,13 @@ def main(argv: list[str] | None = None) -> None:
     name, rest = argv[0], argv[1:]
     if name not in cmds:
         fail(f"unknown command '{name}'; commands: {', '.join(cmds)} (see genlab --help)")
+    if name in PLAIN:
+        importlib.import_module(cmds[name][0]).main(rest)
+        return
     overrides, flags, multirun, info = split_flags(rest)
+    overrides = quote_paths(overrides)
     if not info:
+        check_plugins(overrides)
         if name == "train":
             overrides = expand_resume(overrides)
         if name in ("sample", "eval") and not any(_key(o) == "run" for o in overrides):

@@ -47,6 +47,8 @@ class TrainerConfig:
     progress: bool = True
     deterministic: bool = False
     num_threads: Optional[int] = None
+    max_time: Optional[str] = None
+    objective: Optional[str] = None
     compile: bool = False
     channels_last: bool = False
     sync_batchnorm: bool = False
@@ -154,6 +156,13 @@ def validate(cfg: DictConfig) -> DictConfig:
            f"trainer.slow_sample_images must be >= 0 (0 = no grids for slow samplers), got {t.slow_sample_images}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
+    from genlab.engine.budget import parse_duration
+    from genlab.metrics.evaluator import better
+
+    parse_duration(t.max_time)
+    _check(not t.objective or better(t.objective) in ("lower", "higher"),
+           f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
+           "test_bits_per_dim")
     _check(not (t.sync_batchnorm and str(t.device) == "cpu"),
            "trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it false on CPU")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")

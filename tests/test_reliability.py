@@ -199,3 +199,46 @@ def test_error_after_the_progress_bar_is_on_its_own_line(tmp_path):
     assert r.returncode == 2
     last = r.stderr.rstrip("\n").split("\n")[-1]
     assert last.startswith("genlab: error: ") and "diverged" in last, r.stderr[-500:]
+
+
+def test_a_launchers_sigusr2_handler_runs_after_last_pt_is_written(tmp_path, monkeypatch):
+    """submitit requeues on SIGUSR2: genlab chains its handler instead of replacing it."""
+    from genlab.types import Step
+
+    seen = {}
+
+    def requeue(signum, frame):  # what submitit's checkpoint_and_try_requeue would do
+        seen["signum"] = signum
+        seen["step"] = ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"]
+
+    previous = signal.signal(signal.SIGUSR2, requeue)
+    try:
+        cfg = compose([*TOY, "trainer.max_steps=20", "trainer.checkpoint_every=0"])
+        real_init = Step.__init__
+
+        def stop_at_5(self, *a, **k):
+            real_init(self, *a, **k)
+            fn = self.fn
+
+            def wrapped(batch, ctx):
+                if ctx.step == 4 and not signals.stop_requested():  # once: a second signal stops at once
+                    os.kill(os.getpid(), signal.SIGUSR2)
+                return fn(batch, ctx)
+            self.fn = wrapped
+
+        monkeypatch.setattr(Step, "__init__", stop_at_5)
+        with pytest.raises(signals.Stopped) as e:
+            train(cfg, tmp_path / "run")
+        assert e.value.step == 5 and e.value.exit_code == 140
+        assert seen == {}  # not yet: the train command hands over once its status is written
+        signals.hand_over(e.value.signum)
+        assert seen == {"signum": signal.SIGUSR2, "step": 5}
+        assert signal.getsignal(signal.SIGUSR2) is requeue  # restored after the run
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+
+
+def test_sigusr2_is_left_alone_without_a_launcher_handler():
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+    with signals.stop_on_signals():
+        assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL

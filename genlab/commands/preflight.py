@@ -40,7 +40,7 @@ class Preflight:
             check_optimizer(cfg.optimizer)
         if self._once("dataset:" + OmegaConf.to_yaml(cfg.dataset, resolve=True)):
             data.check(cfg.dataset)
-        if cfg.trainer.resume:
+        if cfg.trainer.resume and cfg.trainer.resume != "auto":  # auto: the job's own folder, checked when it runs
             check_resume(cfg)
         self.output(cfg)
 

@@ -1,10 +1,17 @@
-"""genlab train: compose the config, build data and model, and hand them to the Trainer."""
+"""genlab train: compose the config, build data and model, and hand them to the Trainer.
+
+The Hydra task returns the run's objective (trainer.objective, evaluated at the end) so sweepers can
+optimise it. In a sweep a failing job is recorded in its status.json and returns NaN (Optuna
+counts the trial as failed) so the other jobs go on; a single run ends with one line and exit 2.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -13,6 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from genlab.commands.common import user_errors
+from genlab.commands.sweep import RunStatus, first_line, parallel_threads
 from genlab.config import register_configs
 
 log = logging.getLogger("genlab")
@@ -26,8 +34,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) -> dict:
-    """Run one training job described by a composed train config; returns the last logged scalars."""
+def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, status: RunStatus | None = None,
+          launcher=None) -> dict:
+    """Run one training job described by a composed train config; returns the last logged scalars.
+
+    With trainer.objective set, status.objective gets {metric, value, direction} from a final evaluation."""
     from genlab.config import validate
     from genlab.engine import distributed
 
@@ -39,12 +50,12 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None) ->
     dist = distributed.init(cfg.trainer.device)
     try:
         with distributed.quiet_failures(dist):
-            return _train(cfg, mcfg, Path(dist.broadcast(str(run_dir))), evaluator, dist)
+            return _train(cfg, mcfg, Path(dist.broadcast(str(run_dir))), evaluator, dist, status, launcher)
     finally:
         dist.close()
 
 
-def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
+def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launcher) -> dict:
     from genlab import data as data_lib
     from genlab.config import model_class
     from genlab.engine import checkpoint as ckpt
@@ -55,19 +66,25 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
     if not dist.is_main:  # rank 0 says it once
         logging.getLogger("genlab").setLevel(logging.WARNING)
     state, path = None, None
-    if cfg.trainer.resume:
-        path = ckpt.resolve(cfg.trainer.resume)
+    resume = cfg.trainer.resume
+    if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
+        resume = run_dir / "checkpoints" / "last.pt" if (run_dir / "checkpoints" / "last.pt").is_file() else None
+    if resume:
+        path = ckpt.resolve(resume)
         state = ckpt.load(path)
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
+    threads = parallel_threads(cfg.trainer.num_threads, launcher)  # set, or shared by a parallel sweep's jobs
     seed_everything(int(cfg.seed))
     device = dist.device
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
-    torch.set_num_threads(int(cfg.trainer.num_threads or default_threads(data.kind)))
+    torch.set_num_threads(int(threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
-    if evaluator is None and cfg.trainer.eval_every and dist.is_main:
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
+    if status is not None:
+        status.trainer = trainer
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
     log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s, %d CPU thread(s)", mcfg.name,
@@ -83,7 +100,49 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist) -> dict:
             sys.exit(stop.exit_code)  # rank 0 says it once
         raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
+    if cfg.trainer.objective and status is not None:
+        status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: evaluation is collective
+    if dist.is_main:
+        log_hparams(trainer, _task_overrides())
     return last
+
+
+def objective(trainer, name: str) -> dict:
+    """{metric, value, direction} of trainer.objective from the evaluation at the last step."""
+    from genlab.metrics.evaluator import better
+
+    metrics = trainer.last_eval if trainer.last_eval and trainer.last_eval["step"] == trainer.step else None
+    if metrics is None:
+        metrics = {"step": trainer.step, **trainer.run_eval()}
+        trainer.writer.close()
+    keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
+    if not keys:
+        from genlab.errors import GenlabError
+
+        raise GenlabError(f"trainer.objective={name} is not among the evaluated metrics "
+                          f"({', '.join(k for k in metrics if k != 'step')}); pick one of those")
+    direction = "minimize" if better(keys[0]) == "lower" else "maximize"
+    return {"metric": keys[0], "value": float(metrics[keys[0]]), "direction": direction}
+
+
+def log_hparams(trainer, overrides: list[str]) -> None:
+    """The run's overrides and final metrics to TensorBoard's HParams tab (compares a sweep's runs)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    hparams = {}
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key.startswith("hydra.") or key in ("trainer.resume", "trainer.progress"):
+            continue
+        try:
+            hparams[key] = float(value)
+        except ValueError:
+            hparams[key] = value
+    scores = {k: float(v) for k, v in (trainer.last_eval or {}).items()
+              if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+    metrics = {f"hparams/{k}": v for k, v in {"step": trainer.step, **scores}.items()}
+    with SummaryWriter(str(trainer.run_dir / "tb")) as w:
+        w.add_hparams(hparams or {"run": trainer.run_dir.name}, metrics, run_name=".")
 
 
 def default_evaluator(cfg: DictConfig, data):
@@ -109,10 +168,44 @@ def _task_overrides() -> list[str]:
         return []
 
 
+def run_task(cfg: DictConfig) -> float | None:
+    """One Hydra job: train, keep status.json up to date, return the objective (NaN if the job failed)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from genlab.engine import distributed, signals
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    status = RunStatus(Path(hc.runtime.output_dir), list(hc.overrides.task), hc.job.get("num") if multirun else None,
+                       enabled=distributed.env_rank() == 0)  # under torchrun, rank 0 keeps the record
+    status.write("running")
+    try:
+        train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
+    except (KeyboardInterrupt, SystemExit, signals.Stopped) as e:  # a signal stops the sweep, not just this job
+        if not (isinstance(e, SystemExit) and e.code in (0, None)):
+            status.write("interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
+        if isinstance(e, signals.Stopped):
+            signals.hand_over(e.signum)  # last.pt is written: now the launcher may requeue (submitit)
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
+        status.write("failed", first_line(e))
+        if not multirun:
+            raise
+        from genlab.errors import GenlabError
+
+        if not isinstance(e, GenlabError):  # a bug, not a user error: keep its traceback next to the run
+            (status.path.parent / "traceback.txt").write_text("".join(traceback.format_exception(e)))
+        print(f"genlab: error: job {status.record['job']}: {first_line(e)}", file=sys.stderr)
+        return math.nan
+    status.write("done")
+    return status.objective["value"] if status.objective else None
+
+
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     with user_errors():
-        train(cfg)
+        return run_task(cfg)
 
 
 if __name__ == "__main__":

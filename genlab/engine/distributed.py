@@ -116,7 +116,8 @@ class Dist:
             self._signal = self._signal or signum
 
         for s in signals.EXIT_CODES:  # SIGTERM, SIGINT and SIGUSR1 (SLURM's warning)
-            signal.signal(s, mark)
+            if s not in signals.CHAINED_ONLY:  # SIGUSR2 stays with whoever installed it (submitit)
+                signal.signal(s, mark)
 
     def stop_requested(self, local: bool = False) -> int | None:
         """The signal number when any rank was signalled (or `local` is set on any rank), else None."""

@@ -1,5 +1,9 @@
 """Stop requests from outside (SIGTERM, SIGUSR1, SIGINT): a flag the loop polls at step boundaries.
 
+A launcher that already handles a signal in Python (hydra-submitit-launcher requeues its SLURM job on
+SIGUSR2) is not overridden but chained: the stop is requested, the step finishes, last.pt is written,
+and then `hand_over` runs the launcher's handler, so the requeued job resumes from a fresh last.pt.
+
 The first signal only sets the flag, so the current trainer step finishes and last.pt describes a
 state the loop really reached (resuming from it is exact). A second signal stops at once: the
 checkpoint writer is atomic, so the previous last.pt stays intact. `stop_requested()` is the one
@@ -17,8 +21,12 @@ import threading
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 if hasattr(signal, "SIGUSR1"):
     EXIT_CODES[signal.SIGUSR1] = 138
+# submitit's time-out/preemption signal: caught only when a launcher installed a handler for it.
+CHAINED_ONLY = {signal.SIGUSR2: 140} if hasattr(signal, "SIGUSR2") else {}
+EXIT_CODES.update(CHAINED_ONLY)
 
 _requested: int | None = None
+_chained: dict[int, object] = {}  # signal -> the Python handler that was installed before ours
 
 
 class Stopped(Exception):
@@ -31,6 +39,10 @@ class Stopped(Exception):
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+
+
+def _is_launcher_handler(h) -> bool:
+    return callable(h) and h is not signal.default_int_handler and h is not _handler
 
 
 def stop_requested() -> bool:
@@ -65,15 +77,28 @@ def stop_on_signals():
         yield  # only the main thread may install handlers; the process default applies
         return
     previous = {}
+    _chained.clear()
     for s in EXIT_CODES:
-        if signal.getsignal(s) is signal.SIG_IGN:
+        current = signal.getsignal(s)
+        if current is signal.SIG_IGN:
             continue  # e.g. nohup or a background job: whoever started us asked to ignore it
+        if s in CHAINED_ONLY and not _is_launcher_handler(current):
+            continue  # nobody asked for SIGUSR2: keep the process default
         try:
             previous[s] = signal.signal(s, _handler)
         except (ValueError, OSError):
-            pass
+            continue
+        if _is_launcher_handler(current) and s != signal.SIGINT:
+            _chained[s] = current
     try:
         yield
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def hand_over(signum: int | None) -> None:
+    """After the checkpoint is written: run the launcher's own handler for this signal (e.g. requeue)."""
+    handler = _chained.pop(int(signum), None) if signum else None
+    if handler is not None:
+        handler(int(signum), None)

@@ -23,6 +23,7 @@ from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import distributed, signals
+from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
@@ -92,6 +93,11 @@ class Trainer:
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
+        self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
+        self.started: float | None = None
+        self.stopped_by_time = False
+        self.last_eval: dict | None = None  # {"step": ..., **metrics} of the latest evaluation
 
     # ---- setup --------------------------------------------------------------------------------
     def setup(self, model, data) -> None:
@@ -129,6 +135,7 @@ class Trainer:
                      "extent": self.data.extent, "class_names": self.data.class_names},
             "genlab_version": __version__,
             "best": self.best,
+            "elapsed": self.train_time(),
             **self.meta,
         }
 
@@ -146,6 +153,7 @@ class Trainer:
             self.data.load_state_dict(mine["data"])
             self.step = int(state["step"])
             self.best = state.get("best")
+            self.elapsed = float(state.get("elapsed", 0.0))
             ckpt.set_rng_state(mine["rng"])
         except (KeyError, ValueError, RuntimeError) as e:
             raise GenlabError(f"checkpoint {path} does not match this run's optimizers/data ({e}); "
@@ -158,6 +166,16 @@ class Trainer:
         if self.dist.is_main:
             ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
         return path
+
+    def train_time(self) -> float:
+        """Seconds this run has trained (periodic evaluation excluded), earlier segments included."""
+        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def out_of_time(self) -> bool:
+        """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
+        if self.max_seconds is None:
+            return False
+        return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
@@ -198,12 +216,13 @@ class Trainer:
             bar.close()  # before any error or stop message, so it is printed on a line of its own
         if self.step >= t.max_steps:
             self.stopped_by = None  # the request came with the last step: the run is complete
+        self.elapsed, self.started = self.train_time(), None  # the budget clock stops with the loop
         self.save()
         if self.stopped_by:
             return self._last
-        if t.sample_every and self.step % t.sample_every != 0:
+        if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
             self.log_images()
-        if t.eval_every and self.step % t.eval_every != 0:
+        if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
             self.run_eval()
         return self._last
 
@@ -211,6 +230,7 @@ class Trainer:
         """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
+        self.started = tick
         if self.step == 0 and t.sample_every:
             self.log_images()
         while self.step < t.max_steps:
@@ -252,6 +272,12 @@ class Trainer:
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
                 bar.set_postfix(postfix, steps_per_s=f"{last['perf/steps_per_sec']:.1f}")
+            if self.out_of_time():
+                # An equal wall-clock budget is the fair comparison of schedules of different cost; the
+                # images and evaluation of this last step follow the loop, outside the budget.
+                self.stopped_by_time = True
+                log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
+                break
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
             if t.eval_every and self.step % t.eval_every == 0:
@@ -328,10 +354,11 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        t0 = time.perf_counter()
+        t0, trained = time.perf_counter(), self.train_time()
         metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
         if not self.dist.is_main:
             self.keep_best(metrics)  # best.pt's save is a collective every rank joins
+            self._after_eval(metrics, t0)
             return metrics
         seconds = time.perf_counter() - t0
         self.eval_seconds += seconds
@@ -342,12 +369,20 @@ class Trainer:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
-            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+            f.write(json.dumps({"step": self.step, "train_time": round(trained, 3), **metrics}) + "\n")
         if metrics:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
+        self._after_eval(metrics, t0)
         return metrics
+
+    def _after_eval(self, metrics: dict, t0: float) -> None:
+        self.last_eval = {"step": self.step, **metrics}
+        if self.started is not None:
+            # Evaluation is outside the max_time budget: a fast model evaluates more often per second
+            # of training and must not lose training time for it.
+            self.started += time.perf_counter() - t0
 
     def _evaluate(self) -> dict:
         with _side_effect_free(self.model, self.device):
