@@ -154,6 +154,45 @@ def test_lazy_r1_is_a_step_every_r1_every_steps_scaled_by_the_interval_in_every_
     assert loss.item() == pytest.approx(plain.item() + logs["r1_penalty"].item(), rel=1e-5, abs=1e-6)
 
 
+def _cyclegan(*over):
+    torch.manual_seed(0)
+    cfg = compose(["model=cyclegan", "model.generator.base_channels=4", "model.generator.n_blocks=1",
+                   "model.discriminator.base_channels=4", "model.discriminator.n_layers=1", "model.pool_size=0",
+                   *over])
+    return build_model(cfg, Spec("image", (1, 16, 16), None, domains=2))
+
+
+def _cyclegan_d_loss(model):
+    g = torch.Generator().manual_seed(1)
+    batch = Batch(torch.rand(4, 1, 16, 16, generator=g) * 2 - 1, torch.rand(4, 1, 16, 16, generator=g) * 2 - 1)
+    torch.manual_seed(2)
+    return model.discriminator_step(batch, CTX), batch
+
+
+def test_cyclegan_takes_the_same_penalties_clipping_and_lazy_r1_as_every_gan():
+    (plain, plain_logs), _ = _cyclegan_d_loss(_cyclegan())
+    (gp, logs), _ = _cyclegan_d_loss(_cyclegan("model.gp_weight=5"))
+    assert not any("gradient_penalty" in k for k in plain_logs)
+    both = logs["D_a_gradient_penalty"].item() + logs["D_b_gradient_penalty"].item()
+    assert min(logs["D_a_gradient_penalty"].item(), logs["D_b_gradient_penalty"].item()) > 0
+    assert gp.item() == pytest.approx(plain.item() + 5 * both, rel=1e-5, abs=1e-6)
+    # lazy R1: its own step on both discriminators, scaled by the interval
+    model = _cyclegan("model.r1_weight=2", "model.r1_every=16")
+    steps = {s.name: s for s in model.schedule()}
+    assert steps["r1"].every == 16 and steps["r1"].optimizer == "discriminator"
+    _, batch = _cyclegan_d_loss(model)
+    loss, logs = model.r1_step(batch, CTX)
+    r1 = logs["D_a_r1_penalty"].item() + logs["D_b_r1_penalty"].item()
+    assert loss.item() == pytest.approx(0.5 * 2 * 16 * r1, rel=1e-6) and r1 > 0
+    # clipping after every discriminator update
+    model = _cyclegan("model.clip=0.01")
+    steps = {s.name: s for s in model.schedule()}
+    steps["discriminator"].after()
+    assert max(p.abs().max().item() for p in model.discriminator.parameters()) <= 0.01
+    assert steps["generator"].after is not None  # the EMA hook stays
+    assert "discriminator" not in _cyclegan("model.gp_weight=1").compile_targets()
+
+
 def test_r1_of_a_linear_critic_is_its_squared_weight_norm():
     model = GAN(OmegaConf.merge(OmegaConf.structured(GAN.Config), {"r1_weight": 3.0, "r1_every": 4}),
                 Spec("points", (3,)))
@@ -166,17 +205,17 @@ def test_r1_of_a_linear_critic_is_its_squared_weight_norm():
 
 
 def test_trainer_runs_lazy_r1_on_the_right_steps(tmp_path, monkeypatch):
-    import genlab.models.gan as gan_module
+    import genlab.models.penalties as penalties
     from genlab.commands.train import train
 
     calls = []
-    real_r1 = gan_module.r1_penalty
+    real_r1 = penalties.r1_penalty
 
     def spy(critic, real, ctx=None):
         calls.append(ctx.step)
         return real_r1(critic, real, ctx)
 
-    monkeypatch.setattr(gan_module, "r1_penalty", spy)
+    monkeypatch.setattr(penalties, "r1_penalty", spy)
     over = ["model=gan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *SMALL,
             "trainer.max_steps=7", "trainer.sample_every=0", "model.r1_weight=1", "model.r1_every=3"]
     train(compose(over), tmp_path)

@@ -18,6 +18,8 @@ from torch import nn
 from genlab.models.base import Batch, Model, Step, StepContext
 from genlab.models.ema import EMA
 from genlab.models.losses import build_loss, loss_problem
+from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, penalty_terms, r1_term,
+                                     regulariser_problem)
 from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
 from genlab.nets.spectral import apply_spectral_norm
 
@@ -40,7 +42,7 @@ class PatchConfig:
 
 
 @dataclass
-class CycleGANConfig:
+class CycleGANConfig(Regularisers):
     name: str = "cyclegan"
     loss: str = "ls"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -92,7 +94,7 @@ class CycleGAN(Model):
         if spec.kind != "image" or getattr(spec, "domains", 1) != 2:
             return ("model cyclegan needs two unpaired image domains: use dataset=unpaired_sneaker_sandal "
                     "or dataset=unpaired_folders dataset.domain_a.path=DIR dataset.domain_b.path=DIR")
-        problem = loss_problem(cfg.loss, cfg.loss_params)
+        problem = loss_problem(cfg.loss, cfg.loss_params) or regulariser_problem(cfg)
         if problem:
             return problem
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
@@ -131,8 +133,15 @@ class CycleGAN(Model):
 
     def schedule(self):
         # G first, as in the paper's code: D then sees the fakes G has just made (through the pool).
-        return [Step("generator", "generator", self.generator_step, after=self.update_ema),
-                Step("discriminator", "discriminator", self.discriminator_step)]
+        after = clipper(self.cfg, self.discriminator)
+        steps = [Step("generator", "generator", self.generator_step, after=self.update_ema),
+                 Step("discriminator", "discriminator", self.discriminator_step, after=after)]
+        if lazy_r1(self.cfg):
+            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
+        return steps
+
+    def compile_targets(self):
+        return compilable(self.cfg, self.networks())
 
     def adversarial(self, discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """G's adversarial loss against one domain's D (D(real) only when the loss uses it)."""
@@ -167,11 +176,22 @@ class CycleGAN(Model):
             fake = self.pools[k].query(self._fakes[k])
             d_real, d_fake = self.discriminator[k](real[k]), self.discriminator[k](fake)
             lk = self.loss.discriminator(d_real, d_fake)
-            loss = loss + lk
+            penalty, more = penalty_terms(self.cfg, self.discriminator[k], real[k], fake, ctx)
+            loss = loss + lk + penalty
             logs[f"D_{k}_loss"] = lk.detach()
             logs[f"D_{k}_real"] = d_real.detach().float().mean()
             logs[f"D_{k}_fake"] = d_fake.detach().float().mean()
+            logs.update({f"D_{k}_{name}": v for name, v in more.items()})
         self._fakes = {}
+        return loss, logs
+
+    def r1_step(self, batch: Batch, ctx: StepContext):
+        """The lazy R1 step (StyleGAN2) on both discriminators, scaled by the interval it runs at."""
+        loss, logs = 0.0, {}
+        for k, real in (("a", batch.x), ("b", batch.y)):
+            r1, more = r1_term(self.cfg, self.discriminator[k], real, ctx)
+            loss = loss + r1
+            logs.update({f"D_{k}_{name}": v for name, v in more.items()})
         return loss, logs
 
     # ---- translation --------------------------------------------------------------------------

@@ -16,23 +16,17 @@ from genlab import nets
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.ema import EMA
 from genlab.models.losses import AdversarialLoss, build_loss, loss_problem
-from genlab.models.penalties import clip_weights, gradient_penalty, interpolates, r1_penalty
+from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, penalty_terms, r1_term,
+                                     regulariser_problem)
 
 
 @dataclass
-class GANConfig:
+class GANConfig(Regularisers):
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
     z_dim: int = 64
     n_critic: int = 1
-    clip: Optional[float] = None
-    gp_weight: float = 0.0
-    gp_center: float = 1.0
-    # R1 (Mescheder et al. 2018): (r1_weight / 2) E||grad D(x_real)||^2; r1_every > 1 runs it lazily as its
-    # own step every that many trainer steps, scaled by the interval (StyleGAN2).
-    r1_weight: float = 0.0
-    r1_every: int = 1
     generator: NetConfig = field(default_factory=NetConfig)
     discriminator: NetConfig = field(default_factory=NetConfig)
     # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
@@ -64,12 +58,9 @@ class GAN(Model):
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
         if cfg.z_dim < 1:
             return f"model.z_dim must be >= 1, got {cfg.z_dim}"
-        if cfg.clip is not None and cfg.clip <= 0:
-            return f"model.clip must be > 0 (or null for no clipping), got {cfg.clip}"
-        if cfg.gp_weight < 0 or cfg.r1_weight < 0:
-            return f"model.gp_weight and model.r1_weight must be >= 0, got {cfg.gp_weight} and {cfg.r1_weight}"
-        if cfg.r1_every < 1:
-            return f"model.r1_every must be >= 1 (1 = R1 in every discriminator step), got {cfg.r1_every}"
+        problem = regulariser_problem(cfg)
+        if problem:
+            return problem
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
@@ -129,15 +120,13 @@ class GAN(Model):
         return {"generator": self.generator, "discriminator": self.discriminator}
 
     def compile_targets(self):
-        # The gradient penalty and R1 differentiate through D twice; compiled graphs have no double backward.
-        twice = self.cfg.gp_weight > 0 or self.cfg.r1_weight > 0
-        return {k: m for k, m in self.networks().items() if not (k == "discriminator" and twice)}
+        return compilable(self.cfg, self.networks())
 
     def schedule(self):
-        after = (lambda: clip_weights(self.discriminator, self.cfg.clip)) if self.cfg.clip else None
+        after = clipper(self.cfg, self.discriminator)
         steps = [Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,
                       after=after)]
-        if self.cfg.r1_weight > 0 and self.cfg.r1_every > 1:
+        if lazy_r1(self.cfg):
             steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
                           needs_data=self.loss.generator_needs_real))
@@ -166,23 +155,14 @@ class GAN(Model):
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        loss = loss + extra
-        if self.cfg.gp_weight > 0:
-            gp = gradient_penalty(lambda x: self.critic(x, real.cond)[0], interpolates(real.x, fake.x), ctx,
-                                  self.cfg.gp_center)
-            loss = loss + self.cfg.gp_weight * gp
-            logs["gradient_penalty"] = gp.detach()
-        if self.cfg.r1_weight > 0 and self.cfg.r1_every == 1:
-            r1, r1_logs = self.r1_step(batch, ctx)
-            loss = loss + r1
-            logs.update(r1_logs)
-        return loss, logs
+        penalty, more = penalty_terms(self.cfg, lambda x: self.critic(x, real.cond)[0], real.x, fake.x, ctx)
+        logs.update(more)
+        return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
-        """(r1_weight / 2) * E||grad_x D(x_real)||^2, times r1_every when it runs lazily (StyleGAN2)."""
+        """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        r1 = r1_penalty(lambda x: self.critic(x, cond)[0], batch.x, ctx)
-        return 0.5 * self.cfg.r1_weight * self.cfg.r1_every * r1, {"r1_penalty": r1.detach()}
+        return r1_term(self.cfg, lambda x: self.critic(x, cond)[0], batch.x, ctx)
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable, Optional
+
 import torch
 
 from genlab.types import StepContext
@@ -42,3 +45,63 @@ def clip_weights(module: torch.nn.Module, bound: float) -> None:
     """Clamp every parameter to [-bound, bound] (WGAN's crude Lipschitz constraint)."""
     for p in module.parameters():
         p.clamp_(-bound, bound)
+
+
+@dataclass
+class Regularisers:
+    """The discriminator regularisers every adversarial model takes as config (a Config mixin)."""
+
+    clip: Optional[float] = None  # WGAN's weight clipping bound
+    gp_weight: float = 0.0  # gradient penalty on interpolates (WGAN-GP)
+    gp_center: float = 1.0
+    # R1 (Mescheder et al. 2018): (r1_weight / 2) E||grad D(x_real)||^2; r1_every > 1 runs it lazily as its
+    # own step every that many trainer steps, scaled by the interval (StyleGAN2).
+    r1_weight: float = 0.0
+    r1_every: int = 1
+
+
+def regulariser_problem(cfg) -> str | None:
+    """Why the regulariser settings cannot work (None if they can)."""
+    if cfg.clip is not None and cfg.clip <= 0:
+        return f"model.clip must be > 0 (or null for no clipping), got {cfg.clip}"
+    if cfg.gp_weight < 0 or cfg.r1_weight < 0:
+        return f"model.gp_weight and model.r1_weight must be >= 0, got {cfg.gp_weight} and {cfg.r1_weight}"
+    if cfg.r1_every < 1:
+        return f"model.r1_every must be >= 1 (1 = R1 in every discriminator step), got {cfg.r1_every}"
+    return None
+
+
+def clipper(cfg, module: torch.nn.Module) -> Callable[[], None] | None:
+    """The after-step hook that clips `module`'s weights, or None without clipping."""
+    return (lambda: clip_weights(module, cfg.clip)) if cfg.clip else None
+
+
+def lazy_r1(cfg) -> bool:
+    """Whether R1 runs as its own step every cfg.r1_every steps rather than inside every D step."""
+    return cfg.r1_weight > 0 and cfg.r1_every > 1
+
+
+def r1_term(cfg, critic, real: torch.Tensor, ctx: StepContext | None = None):
+    """(r1_weight / 2) * E||grad_x D(x_real)||^2, times r1_every when it runs lazily; (loss, logs)."""
+    r1 = r1_penalty(critic, real, ctx)
+    return 0.5 * cfg.r1_weight * cfg.r1_every * r1, {"r1_penalty": r1.detach()}
+
+
+def penalty_terms(cfg, critic, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext | None = None):
+    """The gradient penalty and (unless lazy) R1 of one discriminator step: (extra loss, logs)."""
+    extra, logs = 0.0, {}
+    if cfg.gp_weight > 0:
+        gp = gradient_penalty(critic, interpolates(real, fake), ctx, cfg.gp_center)
+        extra = extra + cfg.gp_weight * gp
+        logs["gradient_penalty"] = gp.detach()
+    if cfg.r1_weight > 0 and not lazy_r1(cfg):
+        r1, more = r1_term(cfg, critic, real, ctx)
+        extra = extra + r1
+        logs.update(more)
+    return extra, logs
+
+
+def compilable(cfg, networks: dict) -> dict:
+    """The networks torch.compile may take: not a discriminator that a penalty differentiates twice."""
+    twice = cfg.gp_weight > 0 or cfg.r1_weight > 0  # compiled graphs have no double backward
+    return {k: m for k, m in networks.items() if not (k == "discriminator" and twice)}
