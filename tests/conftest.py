@@ -19,6 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Feature networks and reference statistics of the tests' tiny datasets never reach the user's cache."""
+    before = os.environ.get("GENLAB_CACHE")
+    os.environ["GENLAB_CACHE"] = str(tmp_path_factory.mktemp("genlab_cache"))
+    yield
+    if before is None:
+        os.environ.pop("GENLAB_CACHE", None)
+    else:
+        os.environ["GENLAB_CACHE"] = before
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Every test starts from the same global RNG state (and one thread: a run may have set more)."""
