@@ -49,11 +49,11 @@ def _global_noise(rank: int, world: int):
 
 
 def _patch_noise(rank: int, world: int) -> None:
-    from genlab.models import gan
+    from genlab.models import gan, penalties
 
     draw = _global_noise(rank, world)
     gan.GAN._noise = lambda self, n: draw(torch.randn, n, self.cfg.z_dim)
-    gan.interpolates = lambda real, fake: (lambda a: a * real + (1 - a) * fake)(draw(torch.rand, len(real), 1))
+    penalties.interpolates = lambda real, fake: (lambda a: a * real + (1 - a) * fake)(draw(torch.rand, len(real), 1))
 
 
 def _worker(rank: int, world: int, port: int, overrides: list[str], run_dir: str, patch: bool) -> None:
@@ -81,15 +81,15 @@ def run(world: int, overrides: list[str], run_dir: Path, patch: bool = False) ->
         last = json.loads((run_dir / "last.json").read_text())
     else:
         from genlab.commands.train import train
-        from genlab.models import gan
+        from genlab.models import gan, penalties
 
-        saved = gan.GAN._noise, gan.interpolates
+        saved = gan.GAN._noise, penalties.interpolates
         try:
             if patch:
                 _patch_noise(0, 1)
             last = train(compose(overrides), run_dir)
         finally:
-            gan.GAN._noise, gan.interpolates = saved
+            gan.GAN._noise, penalties.interpolates = saved
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), last
 
 
