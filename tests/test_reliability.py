@@ -97,23 +97,29 @@ def test_second_ctrl_c_exits_at_once_and_leaves_a_valid_checkpoint(tmp_path):
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
 
-def test_stop_request_in_process_writes_the_current_step(tmp_path, monkeypatch):
-    cfg = compose([*TOY, "trainer.max_steps=50", "trainer.checkpoint_every=0"])
-    from genlab.models.base import Step
+def during_step(monkeypatch, step: int, action) -> None:
+    """Run `action()` once inside the model's step functions during trainer step `step` (0-based)."""
+    from genlab.types import Step
 
-    real = Step.__init__
+    real, done = Step.__init__, []
 
-    def stop_at_7(self, *a, **k):  # the model's steps, with a stop request during trainer step 7
+    def init(self, *a, **k):
         real(self, *a, **k)
         fn = self.fn
 
         def wrapped(batch, ctx):
-            if ctx.step == 6:
-                signals.request_stop(signal.SIGUSR1)
+            if ctx.step == step and not done:  # once: a second signal would stop at once
+                done.append(1)
+                action()
             return fn(batch, ctx)
         self.fn = wrapped
 
-    monkeypatch.setattr(Step, "__init__", stop_at_7)
+    monkeypatch.setattr(Step, "__init__", init)
+
+
+def test_stop_request_in_process_writes_the_current_step(tmp_path, monkeypatch):
+    cfg = compose([*TOY, "trainer.max_steps=50", "trainer.checkpoint_every=0"])
+    during_step(monkeypatch, 6, lambda: signals.request_stop(signal.SIGUSR1))  # during trainer step 7
     with pytest.raises(signals.Stopped) as e:
         train(cfg, tmp_path / "run")
     assert e.value.step == 7 and e.value.exit_code == 138
@@ -203,8 +209,6 @@ def test_error_after_the_progress_bar_is_on_its_own_line(tmp_path):
 
 def test_a_launchers_sigusr2_handler_runs_after_last_pt_is_written(tmp_path, monkeypatch):
     """submitit requeues on SIGUSR2: genlab chains its handler instead of replacing it."""
-    from genlab.types import Step
-
     seen = {}
 
     def requeue(signum, frame):  # what submitit's checkpoint_and_try_requeue would do
@@ -214,19 +218,7 @@ def test_a_launchers_sigusr2_handler_runs_after_last_pt_is_written(tmp_path, mon
     previous = signal.signal(signal.SIGUSR2, requeue)
     try:
         cfg = compose([*TOY, "trainer.max_steps=20", "trainer.checkpoint_every=0"])
-        real_init = Step.__init__
-
-        def stop_at_5(self, *a, **k):
-            real_init(self, *a, **k)
-            fn = self.fn
-
-            def wrapped(batch, ctx):
-                if ctx.step == 4 and not signals.stop_requested():  # once: a second signal stops at once
-                    os.kill(os.getpid(), signal.SIGUSR2)
-                return fn(batch, ctx)
-            self.fn = wrapped
-
-        monkeypatch.setattr(Step, "__init__", stop_at_5)
+        during_step(monkeypatch, 4, lambda: os.kill(os.getpid(), signal.SIGUSR2))
         with pytest.raises(signals.Stopped) as e:
             train(cfg, tmp_path / "run")
         assert e.value.step == 5 and e.value.exit_code == 140
