@@ -96,6 +96,20 @@ def _train(run: Path, *extra: str) -> tuple[dict, RunStatus]:
     return st.write("done"), st
 
 
+def test_status_json_follows_the_run_at_every_checkpoint(tmp_path, monkeypatch):
+    seen, write = [], RunStatus.write
+
+    def spy(self, state, error=None):
+        r = write(self, state, error)
+        seen.append((json.loads(self.path.read_text())["state"], json.loads(self.path.read_text())["step"]))
+        return r
+
+    monkeypatch.setattr(RunStatus, "write", spy)
+    record, _ = _train(tmp_path / "run", "trainer.max_steps=6", "trainer.checkpoint_every=2")
+    assert seen == [("running", 2), ("running", 4), ("running", 6), ("running", 6), ("done", 6)]
+    assert record["samples_seen"] > 0 and status(tmp_path / "run")["state"] == "done"
+
+
 def test_max_time_stops_at_a_step_boundary_and_resumes(tmp_path):
     run = tmp_path / "run"
     rec, _ = _train(run, "trainer.max_steps=1000000", "trainer.max_time=3", "trainer.log_every=10")

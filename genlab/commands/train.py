@@ -85,6 +85,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
     if status is not None:
         status.trainer = trainer
+        trainer.on_checkpoint = lambda: status.write("running")  # step and times as of the checkpoint
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
     log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s, %d CPU thread(s)", mcfg.name,

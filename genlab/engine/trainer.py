@@ -89,6 +89,7 @@ class Trainer:
         self.evaluator = evaluator
         self.writer = None
         self.meta: dict = {}
+        self.on_checkpoint = None  # called after each last.pt, e.g. to refresh the run's status record
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
@@ -165,6 +166,8 @@ class Trainer:
         ranks = self._rank_states()
         if self.dist.is_main:
             ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
+        if name == "last" and self.on_checkpoint is not None:
+            self.on_checkpoint()
         return path
 
     def train_time(self) -> float:
