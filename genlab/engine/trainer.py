@@ -90,6 +90,7 @@ class Trainer:
         self.writer = None
         self.meta: dict = {}
         self.on_checkpoint = None  # called after each last.pt, e.g. to refresh the run's status record
+        self._saved_step: int | None = None  # the step last.pt holds
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
@@ -166,8 +167,10 @@ class Trainer:
         ranks = self._rank_states()
         if self.dist.is_main:
             ckpt.save({**self.state_dict(), **({"ranks": ranks} if self.dist.enabled else {})}, path)
-        if name == "last" and self.on_checkpoint is not None:
-            self.on_checkpoint()
+        if name == "last":
+            self._saved_step = self.step
+            if self.on_checkpoint is not None:
+                self.on_checkpoint()
         return path
 
     def train_time(self) -> float:
@@ -220,7 +223,8 @@ class Trainer:
         if self.step >= t.max_steps:
             self.stopped_by = None  # the request came with the last step: the run is complete
         self.elapsed, self.started = self.train_time(), None  # the budget clock stops with the loop
-        self.save()
+        if self._saved_step != self.step:  # the periodic checkpoint of this very step is already last.pt
+            self.save()
         if self.stopped_by:
             return self._last
         if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
