@@ -48,6 +48,7 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
+    max_time_clock: str = "wall"
     objective: Optional[str] = None
     compile: bool = False
     channels_last: bool = False
@@ -194,6 +195,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     from genlab.metrics.table import better
 
     parse_duration(t.max_time)
+    _check(t.max_time_clock in ("wall", "cpu"), f"trainer.max_time_clock must be wall or cpu, got {t.max_time_clock}")
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")
