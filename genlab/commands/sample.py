@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from genlab.commands import ex_post
 from genlab.commands.common import check_writable, load_run, run_folder, user_errors
 from genlab.errors import GenlabError
 
@@ -184,6 +185,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    prior = cfg.get("prior")
+    ex_post.check_prior(prior, cfg.get("prior_components", 10))
+    if prior == "gmm" and (mode != "grid" or cfg.get("truncation") is not None or cfg.get("temperature") is not None):
+        raise GenlabError("prior=gmm draws latents from the fitted mixture: use it with mode=grid, without "
+                          "truncation= or temperature=")
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
     if run.model.translates:
         return translate(cfg, run, out)
@@ -204,7 +210,9 @@ def sample(cfg: DictConfig) -> Path:
         labels = parse_labels(cfg.get("labels"), n, run.spec.num_classes)
     elif cfg.get("labels") is not None:
         raise GenlabError("labels= needs a class-conditional model (cgan, acgan)")
-    if mode == "grid":
+    if prior == "gmm":
+        x = ex_post.gmm_samples(run, n, int(cfg.prior_components), int(cfg.seed), int(cfg.batch_size))
+    elif mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:

@@ -40,6 +40,9 @@ class Model(nn.Module):
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
     accepts_temperature: bool = False
+    #: an auto-encoder: codes(x) gives the latent codes of data and decode(z) data again, so an ex-post
+    #: prior can be fitted to the codes (genlab sample prior=gmm)
+    encodes: bool = False
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
     #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
