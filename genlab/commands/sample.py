@@ -6,6 +6,7 @@ float32 (N, D) for toy data; `labels` int64 (N,) when the model is conditional.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from genlab.commands.common import check_writable, load_run, run_folder, user_errors
+from genlab import progress
+from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
 
 
@@ -31,12 +33,14 @@ def generate(model, n: int, seed: int, batch_size: int = 500, truncation: float 
     if truncation is not None and noise is None:
         noise = truncated_latent(model, n, float(truncation), g)
     out = []
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        z = {"noise": noise[i:i + m]} if noise is not None else {}
-        if labels is not None:
-            z["labels"] = labels[i:i + m].to(dev)
-        out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
+    with progress.bar(n, "sampling", "img") as bar:
+        for i in range(0, n, batch_size):
+            m = min(batch_size, n - i)
+            z = {"noise": noise[i:i + m]} if noise is not None else {}
+            if labels is not None:
+                z["labels"] = labels[i:i + m].to(dev)
+            out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
+            bar.update(m)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -175,6 +179,7 @@ def main(cfg: DictConfig) -> None:
 
 def sample(cfg: DictConfig) -> Path:
     """The `genlab sample` command."""
+    progress.configure(cfg.progress)
     if cfg.num_samples < 1:
         raise GenlabError(f"num_samples must be >= 1, got {cfg.num_samples}")
     out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "samples" / "sample.png"
@@ -204,6 +209,9 @@ def sample(cfg: DictConfig) -> Path:
         labels = parse_labels(cfg.get("labels"), n, run.spec.num_classes)
     elif cfg.get("labels") is not None:
         raise GenlabError("labels= needs a class-conditional model (cgan, acgan)")
+    cost = sampling_cost(run.model, n, int(cfg.batch_size))
+    if cost:
+        print(cost, file=sys.stderr, flush=True)
     if mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)

@@ -63,8 +63,11 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     from genlab.engine.threads import default_threads
     from genlab.engine.trainer import Trainer
 
+    from genlab import progress
+
     if not dist.is_main:  # rank 0 says it once
         logging.getLogger("genlab").setLevel(logging.WARNING)
+    progress.configure(bool(cfg.trainer.progress) and dist.is_main)
     state, path = None, None
     resume = cfg.trainer.resume
     if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh

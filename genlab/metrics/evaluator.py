@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from genlab import metrics as M
+from genlab import progress
 from genlab.errors import GenlabError
 from genlab.metrics._distance import kth_neighbour_distance
 from genlab.metrics.refcache import ReferenceCache, tensor_digest
@@ -245,12 +246,14 @@ class Evaluator:
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
         out = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                progress.bar(n, "sampling", "img") as bar:
             torch.manual_seed(self.seed)
             for i in range(0, n, self.batch_size):
                 m = min(self.batch_size, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
                 out.append(model.sample(m, generator=g, **kw).float().cpu())
+                bar.update(m)
         return torch.cat(out), labels
 
     # ---- scoring one set ----------------------------------------------------------------------

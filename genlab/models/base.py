@@ -71,6 +71,10 @@ class Model(nn.Module):
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
 
+    def sample_seconds(self, n: int) -> float | None:
+        """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
+        return None
+
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
         return None
