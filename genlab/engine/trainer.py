@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed, signals
+from genlab.engine import distributed, signals, tb_layout
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
@@ -193,6 +193,7 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
+        self.layout = tb_layout.Layout(self.writer)
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
@@ -338,6 +339,7 @@ class Trainer:
             self.writer.add_scalar(k, v, self.step)
         for k, o in self.optimizers.items():
             self.writer.add_scalar(f"lr/{k}", o.param_groups[0]["lr"], self.step)
+        self.layout.update([*scalars, *(f"lr/{k}" for k in self.optimizers)])
 
     def log_images(self) -> None:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
@@ -375,6 +377,8 @@ class Trainer:
             # history and the log only.
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
+        self.layout.update(["perf/eval_seconds", *(f"eval/{k}" for k, v in metrics.items()
+                                                   if isinstance(v, (int, float)) and not isinstance(v, bool))])
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "train_time": round(trained, 3), **metrics}) + "\n")
         if metrics:
