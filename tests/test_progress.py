@@ -134,3 +134,17 @@ def test_pixelcnn_cost_estimate_is_close_to_the_real_time(pixelcnn_run):
     model.sample(8, generator=torch.Generator().manual_seed(0))
     real = time.perf_counter() - t0
     assert 0.2 < est / real < 5, (est, real)
+
+
+def test_nll_alone_draws_no_samples_and_says_no_sampling_cost(pixelcnn_run, tmp_path, capsys, monkeypatch):
+    from genlab.commands.eval import evaluate_run
+    from genlab.models.pixelcnn import PixelCNN
+
+    def no_sampling(*a, **k):
+        raise AssertionError("metrics=[nll] must not draw ancestral samples")
+
+    monkeypatch.setattr(PixelCNN, "sample", no_sampling)
+    res = evaluate_run(compose([f"run={pixelcnn_run}", "metrics=[nll]", "eval.nll_images=8", "device=cpu",
+                                f"out={tmp_path / 'e.json'}"], config_name="eval"))
+    assert res["values"]["test_bits_per_dim"] > 0
+    assert "sampling" not in capsys.readouterr().err

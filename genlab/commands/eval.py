@@ -107,7 +107,10 @@ def evaluate_run(cfg: DictConfig) -> dict:
                           f"leave metrics unset for all that apply")
     log.info("evaluating %s (step %d) on %s: %s, %d samples, reference split %s", run.path, run.info["step"],
              data.name, ", ".join(groups), ev.num_samples, ev.split)
-    cost = sampling_cost(run.model, ev.num_samples, int(cfg.batch_size)) if set(groups) - {"nll"} else None
+    from genlab.metrics.table import metric
+
+    draws = any(metric(g).uses_samples for g in groups)
+    cost = sampling_cost(run.model, ev.num_samples, int(cfg.batch_size)) if draws else None
     if cost:
         print(cost, file=sys.stderr, flush=True)
     entries, samples = ev.evaluate(run.model, groups)

@@ -222,7 +222,10 @@ class Evaluator:
     def evaluate(self, model, groups: list[str] | None = None) -> tuple[dict[str, Entry], torch.Tensor]:
         """Metrics of the model's samples (and its own held-out likelihood); returns (entries, samples)."""
         groups = groups or self.groups(model)
-        x, labels = self.samples(model)
+        if any(metric(g).uses_samples for g in groups):
+            x, labels = self.samples(model)
+        else:  # e.g. metrics=[nll]: the model's own likelihood, no samples to draw
+            x, labels = torch.empty(0), None
         return self.score(x, groups, labels, model=model), x
 
     def floor(self, groups: list[str]) -> dict[str, Entry]:
