@@ -35,6 +35,7 @@ def test_the_convention_is_found():
     assert CHEAP.findall(sample) == ["genlab --help\n"]
 
 
+@pytest.mark.slow  # a page's blocks are several CLI runs: 15 to 60 s each on a quiet 2-core machine
 @pytest.mark.parametrize("page", pages_with_cheap_blocks(), ids=lambda p: str(p.relative_to(REPO)))
 def test_cheap_commands_of_the_docs_run(page, tmp_path):
     data = tmp_path / "data"

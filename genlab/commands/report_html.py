@@ -76,6 +76,12 @@ def first_seed(members: list[dict]) -> dict:
     return min(members, key=key)
 
 
+def _header(name: str) -> str:
+    """A metric's column header with its feature network on a line of its own: fid / [lenet-mnist]."""
+    base, tag = name.split("[", 1) if "[" in name else (name, "")
+    return html.escape(base) + (f"<br><small>[{html.escape(tag)}</small>" if tag else "")
+
+
 def render(names: list[str], rows: list[dict], groups: dict[str, list[dict]], common: dict, pngs: list[Path],
            cell) -> str:
     """The page's HTML; `cell(row, column)` formats a table cell as the text report does."""
@@ -91,7 +97,7 @@ def render(names: list[str], rows: list[dict], groups: dict[str, list[dict]], co
     out += ["<h2>Metrics</h2>", "<p>Mean ± std over seeds; the best value of each metric (by its direction) is "
             "marked * and shaded. Click a column to sort.</p>",
             '<table class="sortable" id="metrics"><thead><tr>'
-            + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+            + "".join(f"<th>{_header(h)}</th>" for h in head) + "</tr></thead><tbody>"]
     for r in rows:
         tds = []
         for h, c in zip(head, cols):
