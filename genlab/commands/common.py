@@ -76,7 +76,7 @@ def sampling_cost(model, n: int, batch_size: int, knob: str = "num_samples") -> 
     None for models that sample quickly. The estimate is the model's own (timed network passes)."""
     from genlab import progress
 
-    if not model.slow_sampling or n < 1:
+    if not model.slow_sampling or n < 1 or model.sample_seconds(1) is None:
         return None
 
     def seconds(m: int) -> float:
