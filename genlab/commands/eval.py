@@ -105,11 +105,11 @@ def evaluate_run(cfg: DictConfig) -> dict:
     if not groups:
         raise GenlabError(f"none of metrics={metrics} applies to {data.name} / {run.cfg.model.name}; "
                           f"leave metrics unset for all that apply")
-    log.info("evaluating %s (step %d) on %s: %s, %d samples, reference split %s", run.path, run.info["step"],
-             data.name, ", ".join(groups), ev.num_samples, ev.split)
     from genlab.metrics.table import metric
 
     draws = any(metric(g).uses_samples for g in groups)
+    log.info("evaluating %s (step %d) on %s: %s, %s, reference split %s", run.path, run.info["step"], data.name,
+             ", ".join(groups), f"{ev.num_samples} samples" if draws else "no samples", ev.split)
     cost = sampling_cost(run.model, ev.num_samples, int(cfg.batch_size)) if draws else None
     if cost:
         print(cost, file=sys.stderr, flush=True)
