@@ -390,3 +390,63 @@ def test_infogan_paper_per_network_lr_applies_to_adam_only():
     assert mine.param_groups[0]["lr"] == 5e-4
 
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 4 MiB (tmpfs), for as long as the test runs; skipped where mounting is not allowed."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write to `disk` until it is full."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_with_tensorboard_on_is_one_line_and_keeps_the_checkpoint(small_disk, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from genlab.engine import checkpoint as ckpt
+    from tests.conftest import REPO
+
+    run = small_disk / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "genlab", "train", "model=gan", *TOY, "trainer.num_threads=1",
+                          "trainer.max_steps=1000000", "trainer.log_every=1", "trainer.sample_every=0",
+                          "trainer.checkpoint_every=500", f"hydra.run.dir={run}"], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.pt").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the status record after last.pt is written too
+        fill(small_disk)  # from now on every write fails: the next TensorBoard events first
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[")]  # [date][genlab][INFO] log lines
+    assert p.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"genlab: error: cannot write {run}/"), err
+    assert "No space left on device" in lines[0] and "TensorBoard events" in lines[0], err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert ckpt.load(run / "checkpoints" / "last.pt")["step"] % 500 == 0  # intact: the last complete one

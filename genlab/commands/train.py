@@ -62,7 +62,9 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     from genlab.engine import signals
     from genlab.engine.threads import default_threads
     from genlab.engine.trainer import Trainer
+    from genlab.engine.writers import guard_log_files
 
+    guard_log_files()  # a full disk under train.log is one line, not a traceback per record
     if not dist.is_main:  # rank 0 says it once
         logging.getLogger("genlab").setLevel(logging.WARNING)
     state, path = None, None
@@ -128,7 +130,7 @@ def objective(trainer, name: str) -> dict:
 
 def log_hparams(trainer, overrides: list[str]) -> None:
     """The run's overrides and final metrics to TensorBoard's HParams tab (compares a sweep's runs)."""
-    from torch.utils.tensorboard import SummaryWriter
+    from genlab.engine.writers import EventWriter
 
     hparams = {}
     for o in overrides:
@@ -142,7 +144,7 @@ def log_hparams(trainer, overrides: list[str]) -> None:
     scores = {k: float(v) for k, v in (trainer.last_eval or {}).items()
               if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
     metrics = {f"hparams/{k}": v for k, v in {"step": trainer.step, **scores}.items()}
-    with SummaryWriter(str(trainer.run_dir / "tb")) as w:
+    with EventWriter(trainer.run_dir / "tb") as w:
         w.add_hparams(hparams or {"run": trainer.run_dir.name}, metrics, run_name=".")
 
 
@@ -185,12 +187,12 @@ def run_task(cfg: DictConfig) -> float | None:
         train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
     except (KeyboardInterrupt, SystemExit, signals.Stopped) as e:  # a signal stops the sweep, not just this job
         if not (isinstance(e, SystemExit) and e.code in (0, None)):
-            status.write("interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
+            _record(status, "interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
         if isinstance(e, signals.Stopped):
             signals.hand_over(e.signum)  # last.pt is written: now the launcher may requeue (submitit)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
-        status.write("failed", first_line(e))
+        _record(status, "failed", first_line(e))
         if not multirun:
             raise
         from genlab.errors import GenlabError
@@ -201,6 +203,16 @@ def run_task(cfg: DictConfig) -> float | None:
         return math.nan
     status.write("done")
     return status.objective["value"] if status.objective else None
+
+
+def _record(status: RunStatus, state: str, error: str) -> None:
+    """Record how a job ended; where even that cannot be written (a full disk) the job's own error is the one said."""
+    from genlab.errors import GenlabError
+
+    try:
+        status.write(state, error)
+    except GenlabError:
+        pass
 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="train")

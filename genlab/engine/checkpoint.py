@@ -71,8 +71,11 @@ def save(state: dict, path: Path) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise GenlabError(f"cannot write checkpoint {path}: {os_cause(e)}; "
+        # torch's zip writer turns a full disk into RuntimeError("unexpected pos ...") raised while
+        # handling the OSError: the OSError is the cause.
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is not None:
+            raise GenlabError(f"cannot write checkpoint {path}: {os_cause(cause)}; "
                               f"the previous {path.name} (if any) is kept") from None
         raise
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed, signals
+from genlab.engine import distributed, signals, writers
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
@@ -190,9 +190,7 @@ class Trainer:
         if resume is not None:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
+        self.writer = writers.EventWriter(self.run_dir / "tb") if self.dist.is_main else distributed.NullWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
