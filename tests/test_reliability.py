@@ -282,3 +282,34 @@ def test_a_log_file_that_cannot_be_written_is_one_line_not_a_traceback_per_recor
         handler.stream = None  # its buffer cannot be flushed to a full device
     assert "Logging error" not in capfd.readouterr().err
 
+
+@pytest.mark.parametrize("phase", ["evaluation", "objective"])
+def test_a_signal_during_the_final_evaluation_stops_it_at_once(phase, tmp_path, capsys):
+    """The final evaluation (for a likelihood model's full protocol, an hour) ends at the signal, not after it."""
+    from genlab.commands.sweep import RunStatus
+
+    calls = []
+
+    def slow_evaluator(model, data, step):
+        calls.append(step)
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(120)  # an hour's evaluation: the signal has to cut it short
+        return {"modes": 1.0}
+
+    if phase == "evaluation":  # the loop's own final evaluation (10 is not a multiple of eval_every)
+        cfg, status = compose([*TOY, "trainer.max_steps=10", "trainer.eval_every=7", "trainer.checkpoint_every=0"]), None
+    else:  # the evaluation that gives a sweep its objective
+        cfg = compose([*TOY, "trainer.max_steps=10", "trainer.checkpoint_every=0", "trainer.objective=modes"])
+        status = RunStatus(tmp_path / "run", [], None)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        with user_errors():
+            train(cfg, tmp_path / "run", evaluator=slow_evaluator, status=status)
+    assert time.monotonic() - t0 < 60 and calls[-1] == 10
+    assert e.value.code == 143
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "genlab: stopped by SIGTERM during the final evaluation at step 10; checkpoint "), lines
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10  # written before it began
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are gone again

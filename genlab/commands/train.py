@@ -97,14 +97,16 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
         b = int(cfg.trainer.batch_size)
         log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
+    if not trainer.stopped_by and cfg.trainer.objective and status is not None:
+        with trainer.finishing(install=True):  # last.pt is written: a signal stops this evaluation at once
+            status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: it is collective
     if trainer.stopped_by:
-        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt")
+        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt",
+                               trainer.stopped_during)
         if not dist.is_main:
             sys.exit(stop.exit_code)  # rank 0 says it once
         raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
-    if cfg.trainer.objective and status is not None:
-        status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: evaluation is collective
     if dist.is_main:
         log_hparams(trainer, _task_overrides())
     return last
@@ -120,9 +122,9 @@ def objective(trainer, name: str) -> dict:
         trainer.writer.close()
     keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
     if not keys:
-        from genlab.errors import GenlabError
+        from genlab.engine.distributed import AgreedError  # every rank evaluated the same metrics
 
-        raise GenlabError(f"trainer.objective={name} is not among the evaluated metrics "
+        raise AgreedError(f"trainer.objective={name} is not among the evaluated metrics "
                           f"({', '.join(k for k in metrics if k != 'step')}); pick one of those")
     direction = "minimize" if better(keys[0]) == "lower" else "maximize"
     return {"metric": keys[0], "value": float(metrics[keys[0]]), "direction": direction}
