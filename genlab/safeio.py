@@ -105,24 +105,40 @@ def read_array_pickle(path: Path):
 
 
 # ---- torch files ----------------------------------------------------------------------------------
-def load_tensors(path: Path, what: str):
-    """A torch file of tensors, numbers, strings and containers only (torch.load weights_only=True)."""
+def load_tensors(path: Path, what: str, corrupt: str = "it is corrupt, truncated or not a torch file",
+                 advice: str = ""):
+    """A torch file of tensors, numbers, strings and containers only (torch.load weights_only=True).
+
+    A file that names any other global is refused unread; `corrupt` says what else a file that fails
+    to load is, `advice` what to use instead of a refused one."""
+    import errno
+
     import torch
 
     path = Path(path)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: noise around our one line
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e):
-            raise UnsafeFile(f"{what} {path} holds objects other than tensors: refused (genlab never runs code "
-                             "from a file)") from None
-        raise GenlabError(f"{what} {path} is corrupt or not a torch file ({_first_line(e)})") from None
+        if "GLOBAL" in str(e):  # weights_only refused a global (a class or function)
+            raise UnsafeFile(f"{what} {path} contains objects other than tensors{_refused_global(str(e))}: refused "
+                             f"(genlab never runs code from a file){advice}") from None
+        raise GenlabError(f"cannot read {what} {path}: {corrupt}") from None
     except OSError as e:
-        raise GenlabError(f"cannot read {what} {path}: {e.strerror or e}") from None
-    except Exception as e:  # noqa: BLE001 - a truncated zip, a foreign format ...
-        raise GenlabError(f"{what} {path} is corrupt or not a torch file ({_first_line(e)})") from None
+        if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR, errno.EIO, errno.ENOTDIR):
+            raise GenlabError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        raise GenlabError(f"cannot read {what} {path}: {corrupt}") from None
+    except Exception:  # noqa: BLE001 - a truncated zip, a foreign format ... fail in many ways
+        raise GenlabError(f"cannot read {what} {path}: {corrupt}") from None
+
+
+def _refused_global(message: str) -> str:
+    """' (os.system)' from torch's 'Unsupported global: GLOBAL os.system ...' message, else ''."""
+    import re
+
+    m = re.search(r"GLOBAL ([\w.]+)", message)
+    return f" ({m.group(1)})" if m else ""
 
 
 # ---- NPZ ----------------------------------------------------------------------------------------

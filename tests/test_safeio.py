@@ -100,7 +100,7 @@ def test_reference_cache_refuses_a_crafted_file_and_recomputes(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, "genlab"):
         got = fresh.get("stats", {"n": 1}, lambda: {"mu": torch.ones(3)})
     assert torch.equal(got["mu"], torch.ones(3)) and fresh.computed == 1
-    assert "holds objects other than tensors: refused" in caplog.text and str(path) in caplog.text
+    assert "contains objects other than tensors (posix.system): refused" in caplog.text and str(path) in caplog.text
     assert not (tmp_path / "ran").exists()
     torch.save([1, 2, 3], path)  # readable, but not an entry: recomputed, not a traceback
     assert torch.equal(ReferenceCache(tmp_path).get("stats", {"n": 1}, lambda: value)["mu"], value["mu"])
@@ -131,7 +131,7 @@ def test_inception_weights_are_checked_before_torch_fidelity_reads_them(tmp_path
 
     evil = tmp_path / "pt_inception.pth"
     torch.save({"w": _RunsCode(tmp_path / "ran")}, evil)
-    with pytest.raises(safeio.UnsafeFile, match="eval.inception_weights .* holds objects other than tensors"):
+    with pytest.raises(safeio.UnsafeFile, match="eval.inception_weights .* contains objects other than tensors"):
         InceptionNet(str(evil))
     assert not (tmp_path / "ran").exists()
     torch.save([torch.zeros(1)], evil)
