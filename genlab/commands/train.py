@@ -57,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
 
 def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launcher) -> dict:
     from genlab import data as data_lib
-    from genlab.config import model_class
+    from genlab.config import attach_first_stage, model_class
     from genlab.engine import checkpoint as ckpt
     from genlab.engine import signals
     from genlab.engine.threads import default_threads
@@ -82,6 +82,9 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     torch.set_num_threads(int(threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
+    first_stage = attach_first_stage(cfg)
+    if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
+        model.load_first_stage(first_stage)
     if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
