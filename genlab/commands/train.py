@@ -80,7 +80,8 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     torch.set_num_threads(int(threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
-    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.get("eval_every_time") or cfg.trainer.objective) \
+            and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
     if status is not None:
