@@ -201,12 +201,26 @@ def zoo_cells(opts, passthrough: list[str], out: Path, given: set[str]) -> list[
     return cells
 
 
-def suite_cells(suite, opts, passthrough: list[str], out: Path) -> list[Cell]:
-    """A suite's rows: each variant on each of its datasets, suite.trials seeds (or zoo.seeds if larger)."""
-    trials = max(int(suite.trials), opts.seeds if opts.seeds > 1 else 0)
+def suite_cells(suite, opts, passthrough: list[str], out: Path, given: set[str]) -> list[Cell]:
+    """A suite's rows: each variant (those of zoo.models if given) on each of its datasets (those of
+    zoo.datasets if given), suite.trials seeds (zoo.seeds if given: a rerun with more adds trials)."""
+    trials = opts.seeds if "seeds" in given else int(suite.trials)
+    variants = dict(suite.variants)
+    for v in (opts.models or []) if "models" in given else []:
+        if v not in variants:
+            raise GenlabError(f"suite {suite.name} has no variant '{v}'; its variants: {', '.join(variants)}")
+    if "models" in given and opts.models:
+        variants = {k: v for k, v in variants.items() if k in opts.models}
+    datasets = list(suite.datasets)
+    if "datasets" in given:
+        bad = [d for d in opts.datasets if d not in datasets]
+        if bad:
+            raise GenlabError(f"suite {suite.name} runs on {', '.join(datasets)}, not {bad[0]}")
+        datasets = list(opts.datasets)
+    suite.datasets, suite.variants = datasets, variants
     cells = []
-    for d in suite.datasets:
-        for label, extra in suite.variants.items():
+    for d in datasets:
+        for label, extra in variants.items():
             over = [*suite.overrides, *extra, f"dataset={d}"]
             cfg = compose([*over, *passthrough])
             problem = fits(cfg)
@@ -620,10 +634,11 @@ def run(args: list[str]) -> int:
         suite.name = opts.suite
     out = Path(os.path.expanduser(str(opts.out)))
     check_writable(out, "zoo.out", folder=True)
-    cells = suite_cells(suite, opts, passthrough, out) if suite else zoo_cells(opts, passthrough, out, given)
+    cells = suite_cells(suite, opts, passthrough, out, given) if suite else zoo_cells(opts, passthrough, out, given)
     common = ["trainer.resume=auto", "trainer.progress=false", f"trainer.checkpoint_every_time={opts.checkpoint_every}"]
     if suite is None or suite.get("budget"):
-        common += [f"trainer.max_time={suite.budget if suite else opts.budget}", "trainer.max_steps=1000000000",
+        budget = opts.budget if suite is None or "budget" in given else suite.budget
+        common += [f"trainer.max_time={budget}", "trainer.max_steps=1000000000",
                    f"trainer.eval_every_time={opts.eval_every}", "trainer.eval_every=0"]
     out.mkdir(parents=True, exist_ok=True)
     print(f"genlab zoo: {len(cells)} rows x seeds into {out}", flush=True)
