@@ -52,7 +52,7 @@ def test_packed_discriminator_sees_m_samples(tmp_path):
 
     loss, logs = model.discriminator_step(Batch(torch.randn(64, 2)), StepContext(0))
     assert torch.isfinite(loss) and "gradient_penalty" in logs
-    assert model.critic(torch.randn(64, 2), None)[0].shape == (16,)
+    assert model.discriminate(torch.randn(64, 2))[0].shape == (16,)
     assert model.critic_values(torch.randn(10, 2)).shape == (10,)  # the heat-map: one score per point
 
 
