@@ -36,7 +36,7 @@ from genlab.errors import GenlabError
 
 # Metric columns of the zoo table, by base name, in this order (those that apply to a row are filled).
 COLUMNS = ("fid", "kid", "precision", "recall", "coverage", "classes_covered", "modes", "high_quality",
-           "reverse_kl", "test_bits_per_dim")
+           "reverse_kl", "stacked_modes", "stacked_kl", "test_bits_per_dim")
 TIMES = ("steps", "steps_per_s", "train_s", "s_per_1k_samples")
 TILE = 196  # pixels of one gallery picture
 
@@ -341,8 +341,8 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
 
 def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dict, dict]:
     """Evaluate every finished job; fill cell.jobs; return ({dataset: eval.json of its first job}, {cell label: tile})."""
+    from genlab.commands.common import load_run
     from genlab.commands.sweep import first_line
-    from genlab.config import model_class
 
     protocol, tiles = {}, {}
     for c in cells:
@@ -354,9 +354,9 @@ def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dic
                    "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
             if st["state"] == "done":
                 try:
-                    cls = model_class(OmegaConf.load(job / ".hydra" / "config.yaml"))
-                    if not cls.translates:  # genlab eval scores sampled images; a translator has none
-                        ev = evaluate_job(job, samples, cls.slow_sampling, nll)
+                    model = load_run(str(job), "last", "cpu").model  # capabilities as the built model declares them
+                    if not model.translates:  # genlab eval scores sampled images; a translator has none
+                        ev = evaluate_job(job, samples, bool(model.slow_sampling), nll)
                         rec["values"] = dict(ev["values"])
                         protocol.setdefault(c.dataset, ev)
                     tile, per_1k = gallery_tile(job)

@@ -46,8 +46,9 @@ def stacked(cfg, seed: int = 0) -> Data:
     xtr, ytr = stack(base.raw("train").cpu(), base.train_y.cpu(), int(cfg.n_train), g)
     xte, yte = stack(base.raw("test").cpu(), base.test_y.cpu(), int(cfg.n_test), g)
     # The 1,000 triples are the modes; no num_classes, so no 1,000-way feature network is trained on them:
-    # the base dataset's classifier reads each channel (the stacked metric group of genlab eval).
-    return Data(cfg.name, "image", xtr, None, xte, None, seed=seed, stacked_base=base_config(cfg),
+    # the base dataset's classifier reads each channel (the stacked metric of genlab eval), so the base
+    # Data travels along (metrics take what they need as arguments and import no data loader).
+    return Data(cfg.name, "image", xtr, None, xte, None, seed=seed, stacked_base=base,
                 stacked_labels=(ytr, yte), num_modes=1000)
 
 
