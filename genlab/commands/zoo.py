@@ -642,7 +642,8 @@ def run(args: list[str]) -> int:
                    f"trainer.eval_every_time={opts.eval_every}", "trainer.eval_every=0"]
     out.mkdir(parents=True, exist_ok=True)
     print(f"genlab zoo: {len(cells)} rows x seeds into {out}", flush=True)
-    train_cells(cells, common, passthrough, bool(opts.retry_failed), suite is not None)
+    if opts.train:
+        train_cells(cells, common, passthrough, bool(opts.retry_failed), suite is not None)
     samples = opts.samples if opts.samples is not None else (suite.get("samples") if suite else None)
     nll = [f"eval.nll_images={opts.nll_images}", f"eval.nll_k={opts.nll_k}"]
     protocol, tiles = collect(cells, samples, nll)
