@@ -42,6 +42,12 @@ class Model(nn.Module):
     accepts_temperature: bool = False
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
+    #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
+    #: config.py then checks it holds a `first_stage_model`, copies its model config into
+    #: model.<first_stage_config> and the train command hands its weights to `load_first_stage`
+    first_stage_key: str | None = None
+    first_stage_model: type | None = None
+    first_stage_config: str | None = None
 
     @classmethod
     def check(cls, cfg, spec: Spec) -> str | None:
@@ -52,6 +58,10 @@ class Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
+
+    def load_first_stage(self, state: dict) -> None:
+        """Take the weights (a checkpoint's model state) of the run named by first_stage_key."""
+        raise NotImplementedError
 
     def networks(self) -> dict[str, nn.Module]:
         """Optimizer key -> module whose parameters that optimizer updates."""
@@ -75,6 +85,10 @@ class Model(nn.Module):
                noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
+
+    def sample_seconds(self, n: int) -> float | None:
+        """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
+        return None
 
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from genlab import pixels
+from genlab import progress as bars
 from genlab.pixels import from_levels
 
 _HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins of [-1, 1]
@@ -204,6 +204,15 @@ def discretized_mix_logistic_log_prob(x: torch.Tensor, params: torch.Tensor) -> 
     return torch.logsumexp(log_joint, dim=1).flatten(1).sum(1)
 
 
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) in nats per example of independent discretised logistics per sub-pixel (N, C, H, W) over
+    the 256 levels: the one-component, zero-coefficient case of PixelCNN++'s mixture."""
+    c = x.shape[1]
+    zeros = torch.zeros_like(mean[:, :1])
+    coeffs = zeros.expand(-1, c * (c - 1) // 2, -1, -1)
+    return discretized_mix_logistic_log_prob(x, torch.cat([zeros, mean, log_scale, coeffs], 1))
+
+
 def sample_discretized_mix_logistic(
     params: torch.Tensor, channels: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -291,19 +300,89 @@ class PixelCNN(nn.Module):
         return discretized_mix_logistic_log_prob(x, out)
 
     @torch.no_grad()
-    def sample(self, n: int, y=None, generator: torch.Generator | None = None, progress: bool = False):
-        """Ancestral sampling in raster order (and channel order for softmax256); returns x in [-1, 1]."""
+    def sample(self, n: int, y=None, generator: torch.Generator | None = None, progress: bool | None = False):
+        """Ancestral sampling in raster order (and channel order for softmax256); returns x in [-1, 1].
+
+        progress: a bar over the pixels (None: when stderr is a terminal)."""
         ref = next(self.parameters())
         c, h, w = self.shape
         x = torch.zeros(n, c, h, w, device=ref.device, dtype=ref.dtype)
-        for pos in tqdm(range(h * w), desc="PixelCNN sampling", disable=not progress, leave=False):
-            i, j = divmod(pos, w)
-            # Row i depends on rows <= i only, so the rows below are not computed (half the work).
-            if self.output == "softmax256":
-                for ch in range(c):
-                    probs = F.softmax(self(x[:, :, : i + 1], y)[:, ch, :, i, j], dim=1)
-                    x[:, ch, i, j] = from_levels(torch.multinomial(probs, 1, generator=generator)[:, 0], x.dtype)
-            else:
-                params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
-                x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
+        with bars.bar(h * w, f"PixelCNN sampling {n} images", "px", enabled=progress) as bar:
+            for pos in range(h * w):
+                self._sample_pixel(x, y, pos, generator)
+                bar.update()
         return x
+
+    @torch.no_grad()
+    def sampling_seconds(self, n: int, y=None, repeats: int = 3) -> float:
+        """Seconds sample(n) takes on this machine, timed on the first row's and the last row's pixel step:
+        a step's cost grows linearly with the rows it computes, so the mean of the two is the mean step."""
+        import time
+
+        ref = next(self.parameters())
+        c, h, w = self.shape
+        x = torch.zeros(n, c, h, w, device=ref.device, dtype=ref.dtype)
+        self._sample_pixel(x, y, 0, None)  # warm-up: the first call pays for allocations
+        times = []
+        for pos in (0, (h - 1) * w):
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self._sample_pixel(x, y, pos, None)
+                if ref.device.type == "cuda":
+                    torch.cuda.synchronize(ref.device)
+                runs.append(time.perf_counter() - t0)
+            times.append(sorted(runs)[repeats // 2])
+        return h * w * (times[0] + times[1]) / 2
+
+    def _sample_pixel(self, x, y, pos: int, generator) -> None:
+        """Draw pixel `pos` (raster order) of every image of x in place, given the pixels before it."""
+        c, _, w = self.shape
+        i, j = divmod(pos, w)
+        # Row i depends on rows <= i only, so the rows below are not computed (half the work).
+        if self.output == "softmax256":
+            for ch in range(c):
+                probs = F.softmax(self(x[:, :, : i + 1], y)[:, ch, :, i, j], dim=1)
+                x[:, ch, i, j] = from_levels(torch.multinomial(probs, 1, generator=generator)[:, 0], x.dtype)
+        else:
+            params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
+            x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
+
+
+class CategoricalPixelCNN(nn.Module):
+    """Gated PixelCNN over maps of categories (N, h, w) in 0..K-1, e.g. a VQ-VAE's codes: an embedding
+    of each category, n_layers gated blocks (the first 'A'), and K logits per position."""
+
+    def __init__(self, n_categories: int, shape: tuple[int, int], n_layers: int = 8, hidden: int = 64,
+                 kernel: int = 3, first_kernel: int = 7):
+        super().__init__()
+        self.n_categories, self.shape = n_categories, tuple(shape)
+        self.embed = nn.Embedding(n_categories, hidden)
+        self.blocks = nn.ModuleList([GatedBlock(hidden, hidden, first_kernel, "A")]
+                                    + [GatedBlock(hidden, hidden, kernel, "B") for _ in range(n_layers - 1)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_categories, 1))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, h, w) of each position given the positions before it in raster order."""
+        v = h = self.embed(codes).permute(0, 3, 1, 2)
+        for block in self.blocks:
+            v, h = block(v, h)
+        return self.head(h)
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """Exact log P(codes) in nats per map."""
+        return -F.cross_entropy(self(codes), codes, reduction="none").flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Ancestral sampling in raster order: h*w passes; returns codes (n, h, w) (long)."""
+        dev = self.embed.weight.device
+        rows, cols = self.shape
+        codes = torch.zeros(n, rows, cols, dtype=torch.long, device=dev)
+        with bars.bar(rows * cols, f"prior sampling {n} code maps", "px") as bar:
+            for pos in range(rows * cols):
+                i, j = divmod(pos, cols)
+                probs = F.softmax(self(codes[:, : i + 1])[:, :, i, j].float(), dim=1)
+                codes[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                bar.update()
+        return codes
