@@ -69,12 +69,13 @@ def _fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """metric | model | real-data floor | better | n, as fixed-width text."""
-    head = ("metric", "model", "real-data floor", "better", "n (samples/ref)")
+    """metric | model | real-data floor | blurred floor | better | n, as fixed-width text."""
+    head = ("metric", "model", "real-data floor", "blurred floor", "better", "n (samples/ref)")
     lines = [head]
     for r in rows:
         counts = f"{r['num_samples']}" + (f"/{r['num_reference']}" if r.get("num_reference") else "")
-        lines.append((r["metric"], _fmt(r["value"]), _fmt(r.get("floor")), r.get("better") or "", counts))
+        lines.append((r["metric"], _fmt(r["value"]), _fmt(r.get("floor")), _fmt(r.get("floor_blurred")),
+                      r.get("better") or "", counts))
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -115,11 +116,16 @@ def evaluate_run(cfg: DictConfig) -> dict:
         print(cost, file=sys.stderr, flush=True)
     entries, samples = ev.evaluate(run.model, groups)
     floor = ev.floor(groups) if cfg.floor else {}
+    sigma = cfg.get("floor_blur")
+    # Images: held-out real data blurred too, so a blurry model's score is read against blur's own score.
+    blurred = ev.floor(groups, blur=float(sigma)) if cfg.floor and sigma and data.kind == "image" else {}
     run_dir = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path.parent
     rows = []
     for key, e in entries.items():
         f = floor.get(key)
+        b = blurred.get(key)
         rows.append({"metric": key, "value": float(e.value), "floor": float(f.value) if f else None,
+                     "floor_blurred": float(b.value) if b else None,
                      "better": better(key), "num_samples": e.num_samples, "num_reference": e.num_reference,
                      "floor_num_samples": f.num_samples if f else None, "feature_network": e.feature_network,
                      "split": ev.split if e.num_reference else e.extra.get("split"), **e.extra})
@@ -132,6 +138,8 @@ def evaluate_run(cfg: DictConfig) -> dict:
         "feature_networks": nets, "skipped": ev.skipped, "metrics": rows,
         "values": {r["metric"]: r["value"] for r in rows},
         "floor": {r["metric"]: r["floor"] for r in rows if r["floor"] is not None},
+        "floor_blurred": {r["metric"]: r["floor_blurred"] for r in rows if r["floor_blurred"] is not None},
+        "floor_blur_sigma": float(sigma) if blurred else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -101,6 +101,13 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
+        # per second get curves with points at the same training times (genlab zoo) and lose at most
+        # that much training when interrupted.
+        self.every_time = {"eval": parse_duration(self.tcfg.get("eval_every_time"), "trainer.eval_every_time"),
+                           "checkpoint": parse_duration(self.tcfg.get("checkpoint_every_time"),
+                                                        "trainer.checkpoint_every_time")}
+        self._next_time: dict[str, float] = {}
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
         self.started: float | None = None
         self.stopped_by_time = False
@@ -190,6 +197,16 @@ class Trainer:
             return False
         return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
 
+    def due_by_time(self) -> set[str]:
+        """Which of eval / checkpoint trainer.*_every_time makes due now: rank 0's clock decides for every rank."""
+        if not self._next_time:
+            return set()
+        now = self.train_time()
+        due = {k for k, at in self._next_time.items() if now >= at}
+        for k in due:
+            self._next_time[k] = (now // self.every_time[k] + 1) * self.every_time[k]
+        return set(self.dist.broadcast(sorted(due)))
+
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
         """Train until trainer.max_steps; returns the last logged scalars."""
@@ -236,7 +253,9 @@ class Trainer:
         with self.finishing():
             if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
                 self.log_images()
-            if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
+            evaluated = self.last_eval is not None and self.last_eval["step"] == self.step
+            if (t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time)) or (
+                    self.every_time["eval"] and not evaluated):
                 self.run_eval()
         return self._last
 
@@ -259,6 +278,7 @@ class Trainer:
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
         self.started = tick
+        self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
         if self.step == 0 and t.sample_every:
             self.log_images()
         while self.step < t.max_steps:
@@ -306,11 +326,12 @@ class Trainer:
                 self.stopped_by_time = True
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
+            due = self.due_by_time()
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
-            if t.eval_every and self.step % t.eval_every == 0:
+            if (t.eval_every and self.step % t.eval_every == 0) or "eval" in due:
                 self.run_eval()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
             # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
             self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)

@@ -124,6 +124,7 @@ class NetConfig:
     base_channels: int = 64
     norm: str = "batch"
     spectral_norm: bool = False
+    pieces: int = 1  # maxout pieces of an MLP's hidden units (1 = the usual activation)
 
 
 def conv_size_problem(shape) -> str | None:
