@@ -145,7 +145,8 @@ CASES = {
     "sample count not a number": (["sample", f"run={RUN}", "num_samples=abc"], "num_samples must be a whole number"),
     "sample zero batch": (["sample", f"run={RUN}", "batch_size=0"], "batch_size must be >= 1"),
     "sample zero nrow": (["sample", f"run={RUN}", "nrow=0"], "nrow must be >= 1"),
-    "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "steps=1"], "steps must be >= 2"),
+    "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "path_length=1"], "path_length must be >= 2"),
+    "sample steps on a gan": (["sample", f"run={RUN}", "steps=10"], "steps= sets a diffusion sampler"),
     "sample bad truncation": (["sample", f"run={RUN}", "truncation=-1"], "truncation must be > 0"),
     # ---- eval ------------------------------------------------------------------------------------
     "eval without run": (["eval"], "needs run="),

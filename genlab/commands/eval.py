@@ -38,7 +38,7 @@ def run_data(run, root: str | None = None):
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg
 
 
-def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None):
+def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None, sample_kwargs=None):
     """An Evaluator from eval.yaml's settings (also used by tests and scripts)."""
     from genlab import data as data_lib
     from genlab.metrics import featurenet as fnet
@@ -52,7 +52,7 @@ def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_sampl
                      memorization_samples=e.memorization_samples, prdc_max=e.prdc_max, prdc_k=e.prdc_k,
                      kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
                      batch_size=int(cfg.batch_size), featurenet_data=fd,
-                     nll_images=e.get("nll_images"), nll_k=e.get("nll_k"))
+                     nll_images=e.get("nll_images"), nll_k=e.get("nll_k"), sample_kwargs=sample_kwargs)
 
 
 def _fmt(v) -> str:
@@ -96,7 +96,10 @@ def evaluate_run(cfg: DictConfig) -> dict:
 
     torch.set_num_threads(default_threads(data.kind))
     metrics = list(cfg.metrics) if cfg.metrics else None
-    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples)
+    from genlab.commands.sample import sampler_options
+
+    sampling = sampler_options(cfg, run.model)
+    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples, sampling)
     groups = ev.groups(run.model)
     if not groups:
         raise GenlabError(f"none of metrics={metrics} applies to {data.name} / {run.cfg.model.name}; "
@@ -118,7 +121,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
     result = {
         "run": str(run_dir), "checkpoint": str(run.path), "step": int(run.info["step"]),
         "model": str(run.cfg.model.name), "dataset": data.name, "split": ev.split, "heldout_split": ev.heldout,
-        "num_samples": ev.num_samples, "seed": int(cfg.seed), "genlab_version": __version__,
+        "num_samples": ev.num_samples, "seed": int(cfg.seed), "sampling": sampling, "genlab_version": __version__,
         "feature_networks": nets, "skipped": ev.skipped, "metrics": rows,
         "values": {r["metric"]: r["value"] for r in rows},
         "floor": {r["metric"]: r["floor"] for r in rows if r["floor"] is not None},

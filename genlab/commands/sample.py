@@ -107,6 +107,20 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
+def sampler_options(cfg, model) -> dict:
+    """steps=, eta= and guidance= of the command line for the model's sampler, checked against it."""
+    opts = {k: cfg.get(k) for k in ("steps", "eta", "guidance") if cfg.get(k) is not None}
+    for k in ("eta", "guidance"):
+        if k in opts:
+            if isinstance(opts[k], bool) or not isinstance(opts[k], (int, float)):
+                raise GenlabError(f"{k} must be a number, got {opts[k]!r}")
+            opts[k] = float(opts[k])
+    problem = model.sampling_problem(**opts)
+    if problem:
+        raise GenlabError(problem)
+    return opts
+
+
 def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor:
     """Images in [-1, 1] to translate: a split (train/test) of the run's own source domain, or a folder."""
     if source in ("train", "test"):
@@ -197,6 +211,7 @@ def sample(cfg: DictConfig) -> Path:
         if cfg.temperature <= 0:
             raise GenlabError(f"temperature must be > 0, got {cfg.temperature}")
         kwargs["temperature"] = float(cfg.temperature)
+    kwargs.update(sampler_options(cfg, run.model))
     truncation = cfg.get("truncation")
     n, nrow = int(cfg.num_samples), cfg.nrow
     labels = None
@@ -208,9 +223,9 @@ def sample(cfg: DictConfig) -> Path:
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:
-        steps = int(cfg.get("steps", 10))
+        steps = int(cfg.get("path_length", 10))
         if steps < 2:
-            raise GenlabError(f"steps must be >= 2 for mode={mode}, got {steps}")
+            raise GenlabError(f"path_length must be >= 2 for mode={mode}, got {steps}")
         rows = max(1, n // steps)
         z = (interpolation_latents(run.model, rows, steps, int(cfg.seed), truncation) if mode == "interp"
              else traversal_latents(run.model, rows, steps, int(cfg.seed)))

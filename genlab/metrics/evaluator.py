@@ -93,7 +93,7 @@ class Evaluator:
                  device=None, memorization_samples: int = 1000, prdc_max: int = 5000, prdc_k: int = 5,
                  kid_subsets: int = 100, kid_subset_size: int = 1000, batch_size: int = 500,
                  featurenet_data=None, reference_limit: int | None = None, nll_images: int | None = None,
-                 nll_k: int | None = None, cache: bool = True):
+                 nll_k: int | None = None, cache: bool = True, sample_kwargs: dict | None = None):
         if split not in ("train", "test"):
             raise GenlabError(f"split must be train or test (the reference the samples are compared with), got {split}")
         self.data = data
@@ -121,6 +121,8 @@ class Evaluator:
         # The NLL of `genlab eval`: the whole test split unless bounded; k None = the model's eval_k.
         self.nll_images, self.nll_k = nll_images, nll_k
         self.use_disk_cache = cache
+        # the sampler's settings (a diffusion model's steps, eta, guidance), given to every model.sample call
+        self.sample_kwargs = dict(sample_kwargs or {})
         self.skipped: list[str] = []
         self._nets = None
         self._caches: dict[str, ReferenceCache] = {}
@@ -250,7 +252,7 @@ class Evaluator:
             for i in range(0, n, self.batch_size):
                 m = min(self.batch_size, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
-                out.append(model.sample(m, generator=g, **kw).float().cpu())
+                out.append(model.sample(m, generator=g, **kw, **self.sample_kwargs).float().cpu())
         return torch.cat(out), labels
 
     # ---- scoring one set ----------------------------------------------------------------------

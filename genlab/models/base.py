@@ -79,7 +79,8 @@ class Model(nn.Module):
         """Why these sampler settings (None = not given) cannot work on this model (None if they can)."""
         given = [k for k, v in options.items() if v is not None and k not in self.sample_options]
         if given:
-            return (f"{given[0]}= sets a diffusion sampler; {self.cfg.name} does not sample in steps" if not self.sample_options
+            return (f"{given[0]}= sets a diffusion sampler; {self.cfg.name} does not sample in steps (the images "
+                    "per row of mode=interp/traverse are path_length=)" if not self.sample_options
                     else f"{given[0]}= does not apply to {self.cfg.name}; its sampler takes {', '.join(self.sample_options)}")
         return None
 

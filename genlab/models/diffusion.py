@@ -414,10 +414,12 @@ class DDPM(Diffusion):
         clipped = snr.clamp(max=g)
         return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.cfg.target].float()
 
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training noise of a batch: timestep indices t ~ U{0..T-1} and eps ~ N(0, I)."""
+        return torch.randint(0, self.T, (len(x),), device=x.device), torch.randn_like(x)
+
     def loss(self, x, y):
-        n = len(x)
-        t = torch.randint(0, self.T, (n,), device=x.device)
-        eps = torch.randn_like(x)
+        t, eps = self.draw(x)
         out = self.net(self.q_sample(x, t, eps), self.time_input(t), y)
         per = (out.float() - self.target(x, eps, t)).pow(2).flatten(1).mean(1)
         w = self.weight(t)
@@ -560,10 +562,12 @@ class FlowMatching(Diffusion):
     def default_steps(self, sampler):
         return 50
 
+    def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training noise of a batch: times t ~ U(0, 1) and the path's start x_0 ~ N(0, I)."""
+        return torch.rand(len(x), device=x.device), torch.randn_like(x)
+
     def loss(self, x, y):
-        n = len(x)
-        t = torch.rand(n, device=x.device)
-        noise = torch.randn_like(x)
+        t, noise = self.draw(x)
         tv = t.view(-1, *([1] * (x.dim() - 1)))
         xt = tv * x + (1 - tv) * noise
         out = self.net(xt, t, y)
