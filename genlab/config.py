@@ -49,6 +49,8 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
+    eval_every_time: Optional[str] = None
+    checkpoint_every_time: Optional[str] = None
     objective: Optional[str] = None
     compile: bool = False
     channels_last: bool = False
@@ -196,7 +198,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     from genlab.engine.budget import parse_duration
     from genlab.metrics.table import better
 
-    parse_duration(t.max_time)
+    for k in ("max_time", "eval_every_time", "checkpoint_every_time"):
+        parse_duration(t.get(k), f"trainer.{k}")
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")
@@ -213,4 +216,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     mcfg = typed_model_config(cfg)
     problem = model_class(cfg).check(mcfg, spec)
     _check(problem is None, f"{problem}")
+    pack = int(mcfg.get("pack", 1) or 1)  # PacGAN: D's batch is trainer.batch_size / model.pack packs
+    _check(t.batch_size % pack == 0, f"model.pack={pack} needs trainer.batch_size divisible by it, got "
+           f"{t.batch_size}; e.g. trainer.batch_size={t.batch_size // pack * pack or pack}")
     return mcfg

@@ -99,6 +99,10 @@ class Model(nn.Module):
                     else f"{given[0]}= does not apply to {self.cfg.name}; its sampler takes {', '.join(self.sample_options)}")
         return None
 
+    def sample_seconds(self, n: int) -> float | None:
+        """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
+        return None
+
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
         return None
@@ -133,6 +137,7 @@ class NetConfig:
     base_channels: int = 64
     norm: str = "batch"
     spectral_norm: bool = False
+    pieces: int = 1  # maxout pieces of an MLP's hidden units (1 = the usual activation)
 
 
 def conv_size_problem(shape) -> str | None:

@@ -143,7 +143,7 @@ class Diffusion(LikelihoodModel):
     def schedule(self):
         return [Step(self.key, self.key, self.train_step, after=self.update_ema)]
 
-    def update_ema(self) -> None:
+    def update_ema(self, logs: dict | None = None) -> None:
         """The training step's `after` hook."""
         if self.net_ema is not None:
             self.net_ema.update(self.net)
