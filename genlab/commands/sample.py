@@ -111,6 +111,20 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
+def sampler_options(cfg, model) -> dict:
+    """steps=, eta= and guidance= of the command line for the model's sampler, checked against it."""
+    opts = {k: cfg.get(k) for k in ("steps", "eta", "guidance") if cfg.get(k) is not None}
+    for k in ("eta", "guidance"):
+        if k in opts:
+            if isinstance(opts[k], bool) or not isinstance(opts[k], (int, float)):
+                raise GenlabError(f"{k} must be a number, got {opts[k]!r}")
+            opts[k] = float(opts[k])
+    problem = model.sampling_problem(**opts)
+    if problem:
+        raise GenlabError(problem)
+    return opts
+
+
 def npz_images(path: Path) -> torch.Tensor:
     """Images in [-1, 1] (N, C, H, W) from an .npz holding `images` uint8 (N, H, W, C), what sample writes."""
     from genlab import safeio
@@ -223,6 +237,7 @@ def sample(cfg: DictConfig) -> Path:
         if cfg.temperature <= 0:
             raise GenlabError(f"temperature must be > 0, got {cfg.temperature}")
         kwargs["temperature"] = float(cfg.temperature)
+    kwargs.update(sampler_options(cfg, run.model))
     truncation = cfg.get("truncation")
     n, nrow = int(cfg.num_samples), cfg.nrow
     labels = None
@@ -237,9 +252,9 @@ def sample(cfg: DictConfig) -> Path:
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:
-        steps = int(cfg.get("steps", 10))
+        steps = int(cfg.get("path_length", 10))
         if steps < 2:
-            raise GenlabError(f"steps must be >= 2 for mode={mode}, got {steps}")
+            raise GenlabError(f"path_length must be >= 2 for mode={mode}, got {steps}")
         rows = max(1, n // steps)
         z = (interpolation_latents(run.model, rows, steps, int(cfg.seed), truncation) if mode == "interp"
              else traversal_latents(run.model, rows, steps, int(cfg.seed)))

@@ -67,16 +67,19 @@ def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.
 
 
 @contextmanager
-def _side_effect_free(model: torch.nn.Module, device: torch.device):
-    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory."""
-    was_training = model.training
+def _side_effect_free(model: torch.nn.Module, device: torch.device, steps_bound: int | None = None):
+    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory;
+    samplers that take steps take at most steps_bound (trainer.sample_steps) meanwhile."""
+    was_training, bound = model.training, model.steps_bound
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.eval()
+        model.steps_bound = steps_bound
         try:
             yield
         finally:
             model.train(was_training)
+            model.steps_bound = bound
 
 
 class Trainer:
@@ -402,7 +405,7 @@ class Trainer:
             if cap == 0:
                 return
             fixed["n"] = min(fixed["n"], int(cap))
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -445,7 +448,7 @@ class Trainer:
             self.started += time.perf_counter() - t0
 
     def _evaluate(self) -> dict:
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
                                                k=self.tcfg.get("eval_nll_k")))
             if self.evaluator is not None:

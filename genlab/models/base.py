@@ -40,6 +40,10 @@ class Model(nn.Module):
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
     accepts_temperature: bool = False
+    #: the sampler settings sample() takes (`genlab sample steps= eta= guidance=`): diffusion models
+    sample_options: tuple = ()
+    #: the trainer's cap on sampling steps around its periodic pictures and evaluation (None: no cap)
+    steps_bound: int | None = None
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
     #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
@@ -85,6 +89,15 @@ class Model(nn.Module):
                noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
+
+    def sampling_problem(self, **options) -> str | None:
+        """Why these sampler settings (None = not given) cannot work on this model (None if they can)."""
+        given = [k for k, v in options.items() if v is not None and k not in self.sample_options]
+        if given:
+            return (f"{given[0]}= sets a diffusion sampler; {self.cfg.name} does not sample in steps (the images "
+                    "per row of mode=interp/traverse are path_length=)" if not self.sample_options
+                    else f"{given[0]}= does not apply to {self.cfg.name}; its sampler takes {', '.join(self.sample_options)}")
+        return None
 
     def sample_seconds(self, n: int) -> float | None:
         """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
