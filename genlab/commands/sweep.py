@@ -56,14 +56,24 @@ class RunStatus:
         else:
             r.setdefault("step", 0)
         r["wall_time"] = round(time.perf_counter() - self.t0, 3)
+        torch = sys.modules.get("torch")  # never imported here: status is written from runs that have it
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            r["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         r["objective"] = self.objective
         r["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if not self.enabled:
             return r
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(STATUS + ".tmp")
-        tmp.write_text(json.dumps(r, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(r, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            from genlab.engine.checkpoint import os_cause
+            from genlab.errors import GenlabError
+
+            tmp.unlink(missing_ok=True)
+            raise GenlabError(f"cannot write {self.path} (the run's status record): {os_cause(e)}") from None
         return r
 
 

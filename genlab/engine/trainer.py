@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed, signals
+from genlab.engine import distributed, signals, tb_layout, writers
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
@@ -32,7 +32,7 @@ from genlab.types import Batch
 log = logging.getLogger("genlab")
 
 
-_NEVER = 2**62  # _bad_step's value while every loss was finite
+_NEVER = distributed.NEVER  # _bad_step's value while every loss was finite
 
 
 def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.optim.Optimizer:
@@ -67,16 +67,19 @@ def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.
 
 
 @contextmanager
-def _side_effect_free(model: torch.nn.Module, device: torch.device):
-    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory."""
-    was_training = model.training
+def _side_effect_free(model: torch.nn.Module, device: torch.device, steps_bound: int | None = None):
+    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory;
+    samplers that take steps take at most steps_bound (trainer.sample_steps) meanwhile."""
+    was_training, bound = model.training, model.steps_bound
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.eval()
+        model.steps_bound = steps_bound
         try:
             yield
         finally:
             model.train(was_training)
+            model.steps_bound = bound
 
 
 class Trainer:
@@ -99,9 +102,17 @@ class Trainer:
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
+        self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
         # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
         self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
+        # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
+        # per second get curves with points at the same training times (genlab zoo) and lose at most
+        # that much training when interrupted.
+        self.every_time = {"eval": parse_duration(self.tcfg.get("eval_every_time"), "trainer.eval_every_time"),
+                           "checkpoint": parse_duration(self.tcfg.get("checkpoint_every_time"),
+                                                        "trainer.checkpoint_every_time")}
+        self._next_time: dict[str, float] = {}
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
         self.started: float | None = None
         self.stopped_by_time = False
@@ -122,6 +133,7 @@ class Trainer:
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k, model.optimizer_ratio(k))
                            for k, ps in self.params.items()}
         self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.dist.training = True
         self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
         n = int(self.tcfg.num_fixed_samples)
@@ -190,6 +202,16 @@ class Trainer:
             return False
         return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
 
+    def due_by_time(self) -> set[str]:
+        """Which of eval / checkpoint trainer.*_every_time makes due now: rank 0's clock decides for every rank."""
+        if not self._next_time:
+            return set()
+        now = self.train_time()
+        due = {k for k, at in self._next_time.items() if now >= at}
+        for k in due:
+            self._next_time[k] = (now // self.every_time[k] + 1) * self.every_time[k]
+        return set(self.dist.broadcast(sorted(due)))
+
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
         """Train until trainer.max_steps; returns the last logged scalars."""
@@ -197,9 +219,8 @@ class Trainer:
         if resume is not None:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
+        self.writer = writers.EventWriter(self.run_dir / "tb") if self.dist.is_main else distributed.NullWriter()
+        self.layout = tb_layout.Layout(self.writer)
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
@@ -234,17 +255,35 @@ class Trainer:
             self.save()
         if self.stopped_by:
             return self._last
-        if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
-            self.log_images()
-        if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
-            self.run_eval()
+        with self.finishing():
+            if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
+                self.log_images()
+            evaluated = self.last_eval is not None and self.last_eval["step"] == self.step
+            if (t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time)) or (
+                    self.every_time["eval"] and not evaluated):
+                self.run_eval()
         return self._last
+
+    @contextmanager
+    def finishing(self, install: bool = False):
+        """Work after the final last.pt (images, evaluation): a stop signal ends it at once, not at its end.
+
+        install: put the stop handlers in place (after fit, which removes its own)."""
+        catch = signals.stop_on_signals() if install and not self.dist.enabled else contextlib.nullcontext()
+        try:
+            with catch, signals.interruptible(self.dist.signal):
+                yield
+        except signals.Interrupted as e:
+            self.stopped_by, self.stopped_during = e.signum, "the final evaluation"
+            log.warning("rank %d: %s stopped the final images/evaluation; checkpoint %s is complete", self.dist.rank,
+                        e, self.run_dir / "checkpoints" / "last.pt")
 
     def _steps(self, t, bar) -> None:
         """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
         self.started = self.clock()
+        self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
         if self.step == 0 and t.sample_every:
             self.log_images()
         while self.step < t.max_steps:
@@ -292,13 +331,16 @@ class Trainer:
                 self.stopped_by_time = True
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
+            due = self.due_by_time()
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
-            if t.eval_every and self.step % t.eval_every == 0:
+            if (t.eval_every and self.step % t.eval_every == 0) or "eval" in due:
                 self.run_eval()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
-            self.stopped_by = self.dist.stop_requested()
+            # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
+            self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
+            self._diverged(bad)
             if self.stopped_by:
                 log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
                 break
@@ -313,16 +355,22 @@ class Trainer:
             p.requires_grad_(True)
 
     def _check_diverged(self) -> None:
-        if self._bad_step is None:
+        if self._bad_step is not None:
+            self._diverged(self.dist.agree(self._bad_step)[1])
+
+    def _diverged(self, bad: tuple[int, int] | None) -> None:
+        """Raise, on every rank alike, for the first non-finite (step, rank); None: all finite."""
+        if bad is None:
             return
-        bad = int(self._bad_step)
-        if bad != _NEVER:
-            hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
-            raise GenlabError(f"the loss became nan/inf at step {bad}; training diverged. Lower optimizer.lr{hint} "
-                              "or set trainer.grad_clip (checkpoints/ keeps the last checkpoint written before "
-                              "that step)")
+        step, rank = bad
+        where = f" on rank {rank}" if self.dist.enabled else ""
+        hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
+        raise distributed.AgreedError(f"the loss became nan/inf at step {step}{where}; training diverged. Lower "
+                                      f"optimizer.lr{hint} or set trainer.grad_clip (checkpoints/ keeps the last "
+                                      "checkpoint written before that step)")
 
     def _check_finite(self, scalars: dict) -> None:
+        # The scalars are averaged over ranks (and the scalers stay equal): every rank raises alike.
         if self.precision.mode == "16":
             # With loss scaling, non-finite steps are skipped and the scale backs off: the first
             # steps of a run are often skipped. Divergence is the scale collapsing.
@@ -330,21 +378,22 @@ class Trainer:
                 scalars[f"perf/loss_scale/{k}"] = sc.get_scale()
             low = {k: v for k, v in scalars.items() if k.startswith("perf/loss_scale/") and v < 2.0 ** -24}
             if low:
-                raise GenlabError(f"fp16 loss scale fell to {min(low.values()):.3g} by step {self.step}: the "
-                                  "gradients are not finite even unscaled. Use trainer.precision=bf16 or 32, "
-                                  "or lower optimizer.lr")
+                raise distributed.AgreedError(f"fp16 loss scale fell to {min(low.values()):.3g} by step {self.step}: "
+                                              "the gradients are not finite even unscaled. Use trainer.precision=bf16 "
+                                              "or 32, or lower optimizer.lr")
             return
         bad = [k for k, v in scalars.items() if not math.isfinite(v)]
         if bad:
-            raise GenlabError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training diverged. "
-                              "Lower optimizer.lr, use trainer.precision=32 or set trainer.grad_clip "
-                              "(the last good checkpoint is kept in checkpoints/)")
+            raise distributed.AgreedError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training "
+                                          "diverged. Lower optimizer.lr, use trainer.precision=32 or set "
+                                          "trainer.grad_clip (the last good checkpoint is kept in checkpoints/)")
 
     def log_scalars(self, scalars: dict) -> None:
         for k, v in scalars.items():
             self.writer.add_scalar(k, v, self.step)
         for k, o in self.optimizers.items():
             self.writer.add_scalar(f"lr/{k}", o.param_groups[0]["lr"], self.step)
+        self.layout.update([*scalars, *(f"lr/{k}" for k in self.optimizers)])
 
     def log_images(self) -> None:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
@@ -358,7 +407,7 @@ class Trainer:
             if cap == 0:
                 return
             fixed["n"] = min(fixed["n"], int(cap))
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -382,6 +431,8 @@ class Trainer:
             # history and the log only.
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
+        self.layout.update(["perf/eval_seconds", *(f"eval/{k}" for k, v in metrics.items()
+                                                   if isinstance(v, (int, float)) and not isinstance(v, bool))])
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "train_time": round(trained, 3), **metrics}) + "\n")
         if metrics:
@@ -399,7 +450,7 @@ class Trainer:
             self.started += self.clock() - c0
 
     def _evaluate(self) -> dict:
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
                                                k=self.tcfg.get("eval_nll_k")))
             if self.evaluator is not None:
