@@ -28,18 +28,34 @@ class EBGANConfig(GANConfig):
 
 
 class AutoEncoder(nn.Module):
-    """Enc: the discriminator family's body with a code head; Dec: the generator family from the code."""
+    """Enc: the discriminator family's body with a code head; Dec: the generator family from the code.
 
-    def __init__(self, net_cfg, spec, code_dim: int):
+    The energy is the mean |Dec(Enc(x)) - x|^power over coordinates: 2 for EBGAN, 1 for BEGAN.
+    """
+
+    def __init__(self, net_cfg, spec, code_dim: int, power: int = 2):
         super().__init__()
+        self.power = int(power)
         self.encoder = nets.discriminator(net_cfg, spec, out_dim=code_dim)
         self.decoder = nets.generator(net_cfg, spec, code_dim)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's codes (N, code_dim): the auto-encoder's innermost features."""
+        return self.encoder(x)
 
     def forward(self, x: torch.Tensor):
         """(energies (N,), codes (N, code_dim))."""
         code = self.encoder(x)
         rec = self.decoder(code)
-        return (rec.float() - x.float()).pow(2).flatten(1).mean(1), code
+        return (rec.float() - x.float()).abs().pow(self.power).flatten(1).mean(1), code
+
+    @torch.no_grad()
+    def reconstruction_grid(self, data) -> torch.Tensor:
+        """Real test images (top row) over their reconstructions (bottom row)."""
+        from genlab import viz
+
+        x = data.test_x[:10].to(next(self.parameters()).device)
+        return viz.grid(torch.cat([x, self.decoder(self.encoder(x))]), nrow=len(x))
 
 
 class EBGAN(GAN):
@@ -78,11 +94,7 @@ class EBGAN(GAN):
     @torch.no_grad()
     def visuals(self, fixed, data):
         """Samples, and for images real test images (top) over the discriminator's reconstructions."""
-        from genlab import viz
-
         out = super().visuals(fixed, data)
         if data.kind == "image":
-            x = data.test_x[:10].to(next(self.parameters()).device)
-            code = self.discriminator.encoder(x)
-            out["reconstructions"] = viz.grid(torch.cat([x, self.discriminator.decoder(code)]), nrow=len(x))
+            out["reconstructions"] = self.discriminator.reconstruction_grid(data)
         return out

@@ -13,15 +13,18 @@ from typing import Any, Optional
 import torch
 
 from genlab import nets
+from genlab.models.augment import AugmentConfig, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.ema import EMA
-from genlab.models.losses import AdversarialLoss, build_loss, loss_problem
-from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, penalty_terms, r1_term,
-                                     regulariser_problem)
+from genlab.models.generator_objective import (GeneratorObjective, feature_matching, objective_problem, top_k,
+                                               topk_count)
+from genlab.models.losses import LOSSES, AdversarialLoss, build_loss, loss_problem
+from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compilable, lazy_r1, lecam, lecam_problem,
+                                     penalty_terms, r1_term, regulariser_problem)
 
 
 @dataclass
-class GANConfig(Regularisers):
+class GANConfig(AugmentConfig, GeneratorObjective, LeCamConfig, Regularisers):
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +61,8 @@ class GAN(Model):
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
         if cfg.z_dim < 1:
             return f"model.z_dim must be >= 1, got {cfg.z_dim}"
-        problem = regulariser_problem(cfg)
+        problem = (regulariser_problem(cfg) or lecam_problem(cfg) or objective_problem(cfg)
+                   or augment_problem(cfg, spec, LOSSES[cfg.loss].reads_energies))
         if problem:
             return problem
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
@@ -79,6 +83,8 @@ class GAN(Model):
         self.loss: AdversarialLoss = build_loss(cfg.loss, **self.loss_params(cfg))
         self.critic_name = self.loss.role
         self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.augment = build_augment(cfg)
+        self.lecam = lecam(cfg)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def build_networks(self, cfg, spec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -97,6 +103,14 @@ class GAN(Model):
         """How D sees a batch: (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
+    def critic_features(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        """D's penultimate features of a batch (N, F), for feature matching."""
+        return self.discriminator.features(x)
+
+    def discriminator_loss(self, real: "Side", fake: "Side") -> torch.Tensor:
+        """D's adversarial loss from the table (BEGAN weighs the fake term by its controlled k_t)."""
+        return self.loss.discriminator(real.d, fake.d)
+
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
         """Extra terms of D's loss (0 and no logs here)."""
         return 0.0, {}
@@ -106,6 +120,14 @@ class GAN(Model):
         return 0.0, {}
 
     # ---- the template -------------------------------------------------------------------------------
+    def seen(self, x: torch.Tensor) -> torch.Tensor:
+        """x as D sees it: through the model's augmentation (model.augment), differentiably."""
+        return self.augment(x) if self.augment is not None else x
+
+    def judge(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
+        """D's outputs on x as D sees it: every D input of a training step passes here."""
+        return self.critic(self.seen(x), cond)
+
     def update_ema(self) -> None:
         """The generator Step's `after` hook."""
         if self.generator_ema is not None:
@@ -129,7 +151,7 @@ class GAN(Model):
         if lazy_r1(self.cfg):
             steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
-                          needs_data=self.loss.generator_needs_real))
+                          needs_data=self.generator_needs_real()))
         return steps
 
     def latent(self, n, generator=None):
@@ -146,32 +168,55 @@ class GAN(Model):
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake_x, fake_cond = self.fake(len(batch))
         cond = self.real_condition(batch)
-        real = Side(batch.x, cond, *self.critic(batch.x, cond))
+        real = Side(batch.x, cond, *self.judge(batch.x, cond))
         fake_x = fake_x.detach()
-        fake = Side(fake_x, fake_cond, *self.critic(fake_x, fake_cond))
-        loss = self.loss.discriminator(real.d, fake.d)
+        fake = Side(fake_x, fake_cond, *self.judge(fake_x, fake_cond))
+        loss = self.discriminator_loss(real, fake)
         logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float())
         extra, more = self.discriminator_terms(real, fake, batch)
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        penalty, more = penalty_terms(self.cfg, lambda x: self.critic(x, real.cond)[0], real.x, fake.x, ctx)
+        penalty, more = penalty_terms(self.cfg, lambda x: self.judge(x, real.cond)[0], real.x, fake.x, ctx)
         logs.update(more)
+        if self.lecam is not None:
+            reg = self.lecam(real.d, fake.d)
+            penalty = penalty + self.cfg.lecam_weight * reg
+            logs["lecam"] = reg.detach()
+        if self.augment is not None:
+            logs.update(self.augment.observe(real.d))
         return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        return r1_term(self.cfg, lambda x: self.critic(x, cond)[0], batch.x, ctx)
+        return r1_term(self.cfg, lambda x: self.judge(x, cond)[0], batch.x, ctx)
+
+    def generator_needs_real(self) -> bool:
+        """Whether the generator step needs a real batch (a loss that reads D(real), feature matching)."""
+        return self.loss.generator_needs_real or self.cfg.feature_matching_weight > 0
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))
-        fake = Side(x, cond, *self.critic(x, cond))
+        fake = Side(x, cond, *self.judge(x, cond))
         d_real = None
         if self.loss.generator_needs_real:
-            d_real = self.critic(batch.x, self.real_condition(batch))[0].detach()
-        adv = self.loss.generator(d_real, fake.d)
-        extra, logs = self.generator_terms(fake, adv)
+            d_real = self.judge(batch.x, self.real_condition(batch))[0].detach()
+        scored, logs = fake.d, {}
+        if self.cfg.topk is not None:
+            c = self.cfg
+            k = topk_count(len(x), ctx.step, c.topk, c.topk_gamma, c.topk_every)
+            scored = fake.d[top_k(fake.d, k, lowest=self.loss.reads_energies)]
+            logs["topk"] = torch.tensor(float(k))
+        adv = self.loss.generator(d_real, scored)
+        extra, more = self.generator_terms(fake, adv)
+        logs.update(more)
+        if self.cfg.feature_matching_weight > 0:
+            with torch.no_grad():
+                real_features = self.critic_features(self.seen(batch.x), self.real_condition(batch))
+            fm = feature_matching(real_features, self.critic_features(self.seen(x), cond))
+            extra = extra + self.cfg.feature_matching_weight * fm
+            logs["feature_matching"] = fm.detach()
         if logs:
             logs = {"adversarial": adv.detach(), **logs}
         return adv + extra, logs

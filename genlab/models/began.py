@@ -1,0 +1,89 @@
+"""BEGAN (Berthelot, Schumm & Metz 2017, "Boundary Equilibrium GANs"): the discriminator is an
+auto-encoder and L(v) = |v - D(v)| (mean L1 reconstruction error) its energy, as in EBGAN but with L1
+and without a margin. D minimises L(x) - k_t L(G(z)), G minimises L(G(z)), and the weight k_t is a
+proportional controller that keeps the equilibrium E[L(G(z))] = gamma E[L(x)]:
+
+    k_{t+1} = clip(k_t + lambda_k (gamma L(x) - L(G(z))), 0, 1),    k_0 = 0
+
+gamma (the diversity ratio, 0.5) trades sample diversity for quality. The convergence measure
+M_global = L(x) + |gamma L(x) - L(G(z))| is logged: it falls as training converges. k_t is a buffer,
+updated after each discriminator step from that step's energies, so checkpoints carry it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genlab import nets
+from genlab.models.ebgan import AutoEncoder
+from genlab.models.gan import GAN, GANConfig, Side
+from genlab.models.losses import LOSSES
+
+
+@dataclass
+class BEGANConfig(GANConfig):
+    name: str = "began"
+    loss: str = "began"
+    gamma: float = 0.5  # the diversity ratio E[L(G(z))] / E[L(x)] the controller holds
+    lambda_k: float = 0.001  # the controller's gain (the proportional gain of k_t)
+    k_init: float = 0.0
+    code_dim: int = 64  # the auto-encoder's bottleneck
+
+
+@torch.no_grad()
+def control(k: torch.Tensor, real_energy: torch.Tensor, fake_energy: torch.Tensor, gamma: float,
+            lambda_k: float) -> torch.Tensor:
+    """k_t's proportional update, clipped to [0, 1]."""
+    return (k + lambda_k * (gamma * real_energy - fake_energy)).clamp(0.0, 1.0)
+
+
+def convergence(real_energy: torch.Tensor, fake_energy: torch.Tensor, gamma: float) -> torch.Tensor:
+    """M_global = L(x) + |gamma L(x) - L(G(z))|."""
+    return real_energy + (gamma * real_energy - fake_energy).abs()
+
+
+class BEGAN(GAN):
+    """G(z) against an auto-encoder D with L1 energies, the fake term weighted by the controlled k_t."""
+
+    Config = BEGANConfig
+
+    @classmethod
+    def check(cls, cfg, spec):
+        if cfg.loss in LOSSES and not LOSSES[cfg.loss].reads_energies:
+            return f"BEGAN's D outputs energies: model.loss must be began (a loss that reads them), got {cfg.loss}"
+        if not 0 < cfg.gamma <= 1 or cfg.lambda_k <= 0 or not 0 <= cfg.k_init <= 1 or cfg.code_dim < 1:
+            return "model.gamma must be in (0, 1], model.lambda_k > 0, model.k_init in [0, 1] and model.code_dim >= 1"
+        return super().check(cfg, spec)
+
+    def __init__(self, cfg, spec):
+        super().__init__(cfg, spec)
+        self.register_buffer("k", torch.tensor(float(cfg.k_init)))
+
+    def build_networks(self, cfg, spec):
+        d = AutoEncoder(cfg.discriminator, spec, cfg.code_dim, power=1)
+        return nets.generator(cfg.generator, spec, cfg.z_dim), d
+
+    def critic(self, x, cond):
+        """(L1 energies (N,) (low = judged real), codes)."""
+        return self.discriminator(x)
+
+    def discriminator_loss(self, real: Side, fake: Side):
+        # a copy: the controller updates k in place before the backward pass that reads it
+        return self.loss.discriminator(real.d, fake.d, self.k.clone())
+
+    def discriminator_terms(self, real: Side, fake: Side, batch):
+        """No extra loss; the controller's step on this step's energies and what it logs."""
+        r, f = real.d.detach().float().mean(), fake.d.detach().float().mean()
+        logs = {"k": self.k.clone(), "M_global": convergence(r, f, self.cfg.gamma)}
+        self.k.copy_(control(self.k, r, f, self.cfg.gamma, self.cfg.lambda_k))
+        return 0.0, logs
+
+    @torch.no_grad()
+    def visuals(self, fixed, data):
+        """Samples, and for images real test images (top) over the discriminator's reconstructions."""
+        out = super().visuals(fixed, data)
+        if data.kind == "image":
+            out["reconstructions"] = self.discriminator.reconstruction_grid(data)
+        return out
