@@ -133,6 +133,7 @@ def test_began_model_steps_k_from_each_discriminator_steps_energies():
     for _ in range(3):
         assert model.k.item() == pytest.approx(k, abs=1e-7)
         loss, logs = model.discriminator_step(batch, CTX)
+        model.after_discriminator(logs)  # the D step's after hook, as the trainer calls it
         r, f = logs["energy_real"].item(), logs["energy_fake"].item()
         assert loss.item() == pytest.approx(r - k * f, rel=1e-5)  # L(x) - k_t L(G(z)) with the k before the update
         assert logs["M_global"].item() == pytest.approx(r + abs(0.5 * r - f), rel=1e-5)
@@ -159,7 +160,7 @@ def test_topk_generator_loss_is_the_loss_over_the_best_k_fakes():
         torch.manual_seed(7)
         loss, logs = model.generator_step(Batch.of_size(n), StepContext(step))
         torch.manual_seed(7)
-        d = model.judge(model.fake(n)[0], None)[0]
+        d = model.discriminate(model.fake(n)[0], None)[0]
         assert logs["topk"].item() == k
         assert loss.item() == pytest.approx(-d.sort().values[-k:].mean().item(), rel=1e-5)
 
@@ -219,12 +220,18 @@ def test_translation_shifts_by_at_most_an_eighth_with_zero_fill_and_cutout_zeroe
         assert torch.equal(inside, torch.arange(32.0)[4 + dy:28 + dy])
 
 
-def test_diffaug_applies_every_op_and_ada_at_p_zero_is_the_identity():
+def _augment_cfg(**kw):
+    return OmegaConf.merge(OmegaConf.structured(A.Augmentation), kw)
+
+
+def test_diffaug_applies_every_op_in_training_and_ada_at_p_zero_is_the_identity():
     x = torch.rand(8, 3, 16, 16) * 2 - 1
     torch.manual_seed(0)
-    y = A.DiffAugment(["color", "translation", "cutout"])(x)
+    diffaug = A.DiffAugment(_augment_cfg(augment="diffaug"))
+    y = diffaug(x)
     assert y.shape == x.shape and not torch.equal(y, x)
-    ada = A.ADA(["color", "translation", "cutout"])
+    assert torch.equal(diffaug.eval()(x), x)  # evaluation and pictures see D's inputs unaugmented
+    ada = A.ADA(_augment_cfg(augment="ada"))
     assert torch.equal(ada(x), x)
     ada.p.fill_(1.0)
     torch.manual_seed(0)
@@ -232,27 +239,29 @@ def test_diffaug_applies_every_op_and_ada_at_p_zero_is_the_identity():
 
 
 def test_ada_p_rises_while_r_t_is_above_target_and_falls_below_it():
-    ada = A.ADA(["translation"], target=0.6, interval=4, kimg=1.0)
+    ada = A.ADA(_augment_cfg(augment="ada", augment_policy=["translation"], ada_target=0.6, ada_interval=4,
+                             ada_kimg=1.0))
+    ada(torch.zeros(32, 1, 8, 8))  # the D input's batch size sets the size of p's steps
     step = 32 * 4 / 1000
-    mostly_real = torch.tensor([1.0] * 28 + [-1.0] * 4)  # E[sign D(real)] = 0.75 > 0.6
-    ps = []
-    for _ in range(12):
-        logs = ada.observe(mostly_real)
-        ps.append(logs["ada_p"].item())
-    assert logs["ada_r_t"].item() == pytest.approx(0.75)
-    # p moves once every `interval` steps, by batch * interval / (kimg * 1000)
+
+    def update(sign: float):
+        ada.adapt({"real_sign": torch.tensor(sign)})
+        return ada.p.item()
+
+    # p moves once every `interval` updates, by batch * interval / (kimg * 1000), up while r_t = 0.75 > 0.6
+    ps = [update(0.75) for _ in range(12)]
     assert ps == pytest.approx([0, 0, 0, step, step, step, step, 2 * step, 2 * step, 2 * step, 2 * step, 3 * step])
-    unsure = torch.tensor([1.0] * 16 + [-1.0] * 16)  # r_t = 0 < 0.6
-    for _ in range(8):
-        ada.observe(unsure)
-    assert ada.p.item() == pytest.approx(step)
+    # r_t is the mean over the interval: 1, 1, 1, -1 averages 0.5 < 0.6 although most steps were above it
+    assert [update(s) for s in (1.0, 1.0, 1.0, -1.0)][-1] == pytest.approx(2 * step)
+    ps = [update(0.0) for _ in range(8)]  # r_t = 0 < 0.6: down
+    assert ps[3] == pytest.approx(step) and ps[7] == pytest.approx(0.0)
     for _ in range(40):
-        ada.observe(unsure)
+        update(-1.0)
     assert ada.p.item() == 0.0  # clipped at 0
 
 
 @pytest.mark.parametrize("over, message", [
-    (["model=gan", "model.augment=flip"], "model.augment must be one of none, diffaug, ada"),
+    (["model=gan", "model.augment=flip"], "unknown model.augment=flip; choose one of none, diffaug, ada"),
     (["model=gan", "model.augment=diffaug", "model.augment_policy=[color,rotate]"], "augment_policy takes"),
     (["model=gan", "model.augment=diffaug"], "transforms images; the dataset has points"),
     (["model=ebgan", "model.augment=ada", "dataset=mnist"], "energies"),
@@ -275,7 +284,7 @@ TRICKS = {
     "feature_matching": (["model=gan", "model.feature_matching_weight=1"], {"generator/feature_matching"}),
     "topk": (["model=gan", "model.topk=0.5"], {"generator/topk"}),
     "diffaug": (["model=gan", "model.augment=diffaug"], {"discriminator/D_x"}),
-    "ada": (["model=gan", "model.augment=ada"], {"discriminator/ada_p", "discriminator/ada_r_t"}),
+    "ada": (["model=gan", "model.augment=ada"], {"discriminator/ada_p", "discriminator/real_sign"}),
     "began": (["model=began"], {"discriminator/k", "discriminator/M_global", "discriminator/energy_real"}),
 }
 

@@ -1,15 +1,25 @@
-"""What D sees is augmented: DiffAugment (Zhao et al. 2020) and ADA (Karras et al. 2020).
+"""Augmentations of what the discriminator sees: a table from `model.augment` names to modules.
 
-Both apply differentiable ops to every image D judges, real and fake alike, so G's gradient flows
-back through the augmentation and D never learns the augmented distribution as "real" only:
-- diffaug: every op of `augment_policy` on every image, each with fresh random parameters
-  (the official DiffAugment: color = brightness, saturation, contrast; translation by up to 1/8 of
-  the side with zero padding; cutout of a square half the side);
-- ada: the same ops, each applied to an image with probability p, and p adapted from the overfitting
-  heuristic r_t = E[sign D(x_real)]: every `ada_interval` discriminator steps p moves by
-  sign(r_t - ada_target) * (batch * interval) / (ada_kimg * 1000), so p can cross [0, 1] in
-  ada_kimg thousand real images (500 in the paper).
-The adaptive state (p and the running sum of sign D(real)) lives in buffers, so checkpoints carry it.
+Every input of D (real, fake, interpolates, R1's reals) passes through GAN.discriminate, which applies
+the model's augmentation module first (as stylegan2-ada-pytorch's `run_D` applies its augment pipe), so
+an augmentation written here works for every GAN variant. Contract of an augmentation module:
+- built as `cls(cfg, spec)` from the model's typed config and the data spec;
+- `problem(cfg, spec, loss)` (a classmethod): why it cannot work with these settings, data and loss class;
+- forward(x) -> x', differentiable in x (G's gradient flows through it), identity in eval mode
+  (`self.training` False: visuals, heat-maps and evaluation see D unaugmented);
+- adapt(logs): called after every discriminator update with that step's logs (e.g. `real_sign`,
+  E[sign D(real)]); adaptive state lives in registered buffers, so checkpoints carry it.
+
+The two of the field:
+- diffaug (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training"): every op
+  of `augment_policy` on every image, real and fake alike, each with fresh random parameters, as the
+  official DiffAugment code: color = brightness, saturation, contrast; translation by up to 1/8 of the
+  side with zero padding; cutout of a square half the side;
+- ada (Karras et al. 2020, "Training Generative Adversarial Networks with Limited Data"): the same ops,
+  each applied to an image with probability p, and p adapted from the overfitting heuristic
+  r_t = E[sign D(x_real)]: every `ada_interval` discriminator steps p moves by
+  sign(r_t - ada_target) * (batch * interval) / (ada_kimg * 1000), so p can cross [0, 1] in ada_kimg
+  thousand real images (500 in the paper). p and the running sum of r_t are buffers.
 """
 
 from __future__ import annotations
@@ -19,6 +29,28 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class Augment(nn.Module):
+    """The identity augmentation and the base of every other: no op, nothing to adapt."""
+
+    def __init__(self, cfg=None, spec=None):
+        super().__init__()
+
+    @classmethod
+    def problem(cls, cfg, spec, loss) -> str | None:
+        """Why this augmentation cannot work with these settings, data and loss class (None if it can)."""
+        return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def adapt(self, logs: dict) -> None:
+        """Update adaptive state (buffers) from the discriminator step's logs; nothing here."""
+
+    def stats(self) -> dict[str, torch.Tensor]:
+        """Adaptive state the discriminator step logs (ADA's p); none here."""
+        return {}
 
 
 def brightness(x: torch.Tensor) -> torch.Tensor:
@@ -70,91 +102,110 @@ def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
 
 #: the policies of the DiffAugment paper, each a sequence of ops
 POLICIES = {"color": (brightness, saturation, contrast), "translation": (translation,), "cutout": (cutout,)}
-AUGMENTS = ("none", "diffaug", "ada")
 
 
-@dataclass
-class AugmentConfig:
-    """The augmentation options every adversarial model takes (a Config mixin)."""
+class DiffAugment(Augment):
+    """Every op of model.augment_policy on every image D sees (Zhao et al. 2020)."""
 
-    augment: str = "none"  # none | diffaug | ada
-    augment_policy: list[str] = field(default_factory=lambda: ["color", "translation", "cutout"])
-    ada_target: float = 0.6  # the r_t that p is steered to (the paper's 0.6)
-    ada_interval: int = 4  # discriminator steps between adjustments of p
-    ada_kimg: float = 500.0  # thousands of real images over which p may move from 0 to 1
+    def __init__(self, cfg, spec=None):
+        super().__init__(cfg, spec)
+        self.ops = [op for name in cfg.augment_policy for op in POLICIES[name]]
 
-
-def augment_problem(cfg, spec, reads_energies: bool) -> str | None:
-    """Why the augmentation settings cannot work on this data (None if they can)."""
-    if cfg.augment not in AUGMENTS:
-        return f"model.augment must be one of {', '.join(AUGMENTS)}, got {cfg.augment}"
-    if cfg.augment == "none":
+    @classmethod
+    def problem(cls, cfg, spec, loss) -> str | None:
+        unknown = [p for p in cfg.augment_policy if p not in POLICIES]
+        if unknown or not cfg.augment_policy:
+            return f"model.augment_policy takes a non-empty list of {', '.join(POLICIES)}, got {list(cfg.augment_policy)}"
+        if spec.kind != "image":
+            return f"model.augment={cfg.augment} transforms images; the dataset has {spec.kind}"
         return None
-    unknown = [p for p in cfg.augment_policy if p not in POLICIES]
-    if unknown or not cfg.augment_policy:
-        return f"model.augment_policy takes a non-empty list of {', '.join(POLICIES)}, got {list(cfg.augment_policy)}"
-    if spec.kind != "image":
-        return f"model.augment={cfg.augment} transforms images; the dataset has {spec.kind}"
-    if cfg.augment == "ada":
-        if reads_energies:
-            return "model.augment=ada steers p by sign D(real), which energies (low = real) do not carry"
-        if not 0 < cfg.ada_target < 1 or cfg.ada_interval < 1 or cfg.ada_kimg <= 0:
-            return "model.ada_target must be in (0, 1), model.ada_interval >= 1 and model.ada_kimg > 0"
-    return None
 
-
-class DiffAugment(nn.Module):
-    """Every op of the policy on every image (Zhao et al. 2020)."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.ops = [op for name in policy for op in POLICIES[name]]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """The ops on every image."""
         for op in self.ops:
             x = op(x)
-        return x.contiguous()
+        return x
 
-    def observe(self, d_real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the augmentation learns from one discriminator step's real scores: nothing (fixed ops)."""
-        return {}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.apply(x).contiguous() if self.training else x
 
 
 class ADA(DiffAugment):
-    """Each op on each image with probability p, p adapted towards r_t = E[sign D(real)] = target."""
+    """Each op on each image with probability p, p steered so that r_t = E[sign D(real)] meets ada_target."""
 
-    def __init__(self, policy, target: float = 0.6, interval: int = 4, kimg: float = 500.0):
-        super().__init__(policy)
-        self.target, self.interval, self.kimg = float(target), int(interval), float(kimg)
+    def __init__(self, cfg, spec=None):
+        super().__init__(cfg, spec)
+        self.target, self.interval, self.kimg = float(cfg.ada_target), int(cfg.ada_interval), float(cfg.ada_kimg)
         self.register_buffer("p", torch.zeros(()))
         self.register_buffer("sign_sum", torch.zeros(()))  # sum of E[sign D(real)] since the last adjustment
-        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))  # discriminator updates seen
+        self.batch = 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def problem(cls, cfg, spec, loss) -> str | None:
+        if loss.reads_energies:
+            return "model.augment=ada steers p by sign D(real), which energies (low = real) do not carry"
+        if not 0 < cfg.ada_target < 1 or cfg.ada_interval < 1 or cfg.ada_kimg <= 0:
+            return "model.ada_target must be in (0, 1), model.ada_interval >= 1 and model.ada_kimg > 0"
+        return super().problem(cfg, spec, loss)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Each op on each image with probability p."""
+        self.batch = x.shape[0]  # the images per D input, for the size of p's adjustment
         p = self.p.to(x.dtype)
         for op in self.ops:
             keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= p
             x = torch.where(keep, x, op(x))
-        return x.contiguous()
+        return x
+
+    def stats(self):
+        return {"ada_p": self.p.clone()}
 
     @torch.no_grad()
-    def observe(self, d_real: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Account one discriminator step's real scores; adjust p every `interval` steps; (r_t, p) logs."""
+    def adapt(self, logs: dict) -> None:
+        """Account one discriminator update's E[sign D(real)]; adjust p every `interval` updates."""
         # On the device and without branching on tensor values, so it never waits for the device.
-        self.sign_sum += torch.sign(d_real.detach().float()).mean()
+        self.sign_sum += logs["real_sign"].float()
         self.count += 1
         due = self.count % self.interval == 0
         r_t = self.sign_sum / ((self.count - 1) % self.interval + 1)
-        step = d_real.shape[0] * self.interval / (self.kimg * 1000)
+        step = self.batch * self.interval / (self.kimg * 1000)
         self.p.copy_(torch.where(due, (self.p + torch.sign(r_t - self.target) * step).clamp(0, 1), self.p))
         self.sign_sum.copy_(torch.where(due, torch.zeros_like(self.sign_sum), self.sign_sum))
-        return {"ada_r_t": r_t, "ada_p": self.p.clone()}
 
 
-def build_augment(cfg) -> nn.Module | None:
-    """The augmentation module named by cfg.augment (None for none)."""
-    if cfg.augment == "diffaug":
-        return DiffAugment(cfg.augment_policy)
-    if cfg.augment == "ada":
-        return ADA(cfg.augment_policy, cfg.ada_target, cfg.ada_interval, cfg.ada_kimg)
-    return None
+# name -> "module.Class" (imported on use); a new augmentation is one file and one entry here.
+AUGMENTS: dict[str, str] = {
+    "none": "genlab.models.augment.Augment",
+    "diffaug": "genlab.models.augment.DiffAugment",
+    "ada": "genlab.models.augment.ADA",
+}
+
+
+@dataclass
+class Augmentation:
+    """The augmentation every adversarial model takes as config (a Config mixin)."""
+
+    augment: str = "none"  # a name of AUGMENTS
+    augment_policy: list[str] = field(default_factory=lambda: ["color", "translation", "cutout"])
+    ada_target: float = 0.6  # the r_t that p is steered to (the paper's 0.6)
+    ada_interval: int = 4  # discriminator updates between adjustments of p
+    ada_kimg: float = 500.0  # thousands of real images over which p may move from 0 to 1
+
+
+def _augment_class(name: str):
+    from hydra.utils import get_class
+
+    return get_class(AUGMENTS[name])
+
+
+def augment_problem(cfg, spec, loss) -> str | None:
+    """Why model.augment cannot work with this data and loss class (None if it can)."""
+    if cfg.augment not in AUGMENTS:
+        return f"unknown model.augment={cfg.augment}; choose one of {', '.join(AUGMENTS)}"
+    return _augment_class(cfg.augment).problem(cfg, spec, loss)
+
+
+def build_augment(cfg, spec) -> Augment:
+    """The augmentation module named by cfg.augment."""
+    return _augment_class(cfg.augment)(cfg, spec)

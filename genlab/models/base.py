@@ -61,6 +61,11 @@ class Model(nn.Module):
         """The modules trainer.compile=true compiles in place; a model leaves out what torch.compile cannot run."""
         return {k: m for k, m in self.networks().items() if m is not self}
 
+    def optimizer_ratio(self, key: str) -> float:
+        """c in (0, 1]: the trainer runs this network's optimizer at lr * c and betas ** c (StyleGAN2's
+        rule for a network that also takes lazy regularisation updates); 1 = as configured."""
+        return 1.0
+
     def schedule(self) -> list[Step]:
         """The ordered steps of one trainer step (one generator update for GANs)."""
         raise NotImplementedError

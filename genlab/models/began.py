@@ -7,7 +7,8 @@ proportional controller that keeps the equilibrium E[L(G(z))] = gamma E[L(x)]:
 
 gamma (the diversity ratio, 0.5) trades sample diversity for quality. The convergence measure
 M_global = L(x) + |gamma L(x) - L(G(z))| is logged: it falls as training converges. k_t is a buffer,
-updated after each discriminator step from that step's energies, so checkpoints carry it.
+updated by the discriminator step's `after` hook from that step's logged energies (L(G(z)) of the
+fakes D just saw, a draw from the same G the generator step uses), so checkpoints carry it.
 """
 
 from __future__ import annotations
@@ -65,20 +66,22 @@ class BEGAN(GAN):
         d = AutoEncoder(cfg.discriminator, spec, cfg.code_dim, power=1)
         return nets.generator(cfg.generator, spec, cfg.z_dim), d
 
-    def critic(self, x, cond):
+    def heads(self, x, cond):
         """(L1 energies (N,) (low = judged real), codes)."""
         return self.discriminator(x)
 
     def discriminator_loss(self, real: Side, fake: Side):
-        # a copy: the controller updates k in place before the backward pass that reads it
-        return self.loss.discriminator(real.d, fake.d, self.k.clone())
+        return self.loss.discriminator(real.d, fake.d, self.k)
 
     def discriminator_terms(self, real: Side, fake: Side, batch):
-        """No extra loss; the controller's step on this step's energies and what it logs."""
+        """No extra loss; the k_t this step used and the convergence measure, as logs."""
         r, f = real.d.detach().float().mean(), fake.d.detach().float().mean()
-        logs = {"k": self.k.clone(), "M_global": convergence(r, f, self.cfg.gamma)}
-        self.k.copy_(control(self.k, r, f, self.cfg.gamma, self.cfg.lambda_k))
-        return 0.0, logs
+        return 0.0, {"k": self.k.clone(), "M_global": convergence(r, f, self.cfg.gamma)}
+
+    def after_discriminator(self, logs: dict) -> None:
+        """After each D update: the template's hooks, then k_t's controller step on that update's energies."""
+        super().after_discriminator(logs)
+        self.k.copy_(control(self.k, logs["energy_real"], logs["energy_fake"], self.cfg.gamma, self.cfg.lambda_k))
 
     @torch.no_grad()
     def visuals(self, fixed, data):

@@ -1,8 +1,12 @@
 """The GAN template. One class plays every unconditional game: the loss table (losses.py), the number
 of critic steps, weight clipping, the gradient penalty, R1 and the generator EMA are config values,
 so GAN, WGAN, WGAN-GP and RaGAN are YAML files. Variants (cGAN, AC-GAN, InfoGAN, EBGAN) override
-small hooks (how G and D are built, how D sees a batch, extra terms for each player) and so inherit
-every regulariser written here.
+small hooks (how G and D are built, how D's heads score a batch, extra terms for each player) and so
+inherit every regulariser written here.
+
+Everything D sees (real, fake, interpolates, R1's reals, the heat-map plane) goes through one method,
+`discriminate(x, cond)`: the model's augmentation (models/augment.py), then the `heads` hook. No
+variant overrides it, so an augmentation or a packing of D's inputs is written once for all.
 """
 
 from __future__ import annotations
@@ -13,18 +17,18 @@ from typing import Any, Optional
 import torch
 
 from genlab import nets
-from genlab.models.augment import AugmentConfig, augment_problem, build_augment
+from genlab.models.augment import Augmentation, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.ema import EMA
 from genlab.models.generator_objective import (GeneratorObjective, feature_matching, objective_problem, top_k,
                                                topk_count)
 from genlab.models.losses import LOSSES, AdversarialLoss, build_loss, loss_problem
-from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compilable, lazy_r1, lecam, lecam_problem,
-                                     penalty_terms, r1_term, regulariser_problem)
+from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compilable, lazy_r1, lazy_ratio, lecam,
+                                     lecam_problem, penalty_terms, r1_term, regulariser_problem)
 
 
 @dataclass
-class GANConfig(AugmentConfig, GeneratorObjective, LeCamConfig, Regularisers):
+class GANConfig(Augmentation, GeneratorObjective, LeCamConfig, Regularisers):
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -51,6 +55,12 @@ class GAN(Model):
 
     Config = GANConfig
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "discriminate" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} overrides GAN.discriminate, the one path of D's inputs; "
+                            "override the heads() hook instead")
+
     @classmethod
     def check(cls, cfg, spec) -> str | None:
         """Why cfg cannot work on data of this spec (None if it can)."""
@@ -62,7 +72,7 @@ class GAN(Model):
         if cfg.z_dim < 1:
             return f"model.z_dim must be >= 1, got {cfg.z_dim}"
         problem = (regulariser_problem(cfg) or lecam_problem(cfg) or objective_problem(cfg)
-                   or augment_problem(cfg, spec, LOSSES[cfg.loss].reads_energies))
+                   or augment_problem(cfg, spec, LOSSES[cfg.loss]))
         if problem:
             return problem
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
@@ -83,7 +93,8 @@ class GAN(Model):
         self.loss: AdversarialLoss = build_loss(cfg.loss, **self.loss_params(cfg))
         self.critic_name = self.loss.role
         self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
-        self.augment = build_augment(cfg)
+        self.augment = build_augment(cfg, spec)
+        self._clip = clipper(cfg, self.discriminator)  # WGAN's weight clipping after each D update, or None
         self.lecam = lecam(cfg)
 
     # ---- hooks --------------------------------------------------------------------------------------
@@ -99,12 +110,12 @@ class GAN(Model):
         """The condition D judges a real batch under (None: unconditional)."""
         return None
 
-    def critic(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
-        """How D sees a batch: (adversarial scores, auxiliary outputs)."""
+    def heads(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
+        """How D's heads turn (x, cond) into (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
-    def critic_features(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
-        """D's penultimate features of a batch (N, F), for feature matching."""
+    def features(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        """D's penultimate features of (x, cond) (N, F), for feature matching."""
         return self.discriminator.features(x)
 
     def discriminator_loss(self, real: "Side", fake: "Side") -> torch.Tensor:
@@ -120,18 +131,25 @@ class GAN(Model):
         return 0.0, {}
 
     # ---- the template -------------------------------------------------------------------------------
-    def seen(self, x: torch.Tensor) -> torch.Tensor:
-        """x as D sees it: through the model's augmentation (model.augment), differentiably."""
-        return self.augment(x) if self.augment is not None else x
+    def discriminate(self, x: torch.Tensor, cond: Any = None, features: bool = False) -> tuple[torch.Tensor, Any]:
+        """(scores, aux) of D on x under cond: the one path of every D input; augments, then heads().
 
-    def judge(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
-        """D's outputs on x as D sees it: every D input of a training step passes here."""
-        return self.critic(self.seen(x), cond)
+        features=True gives D's penultimate features of the same view instead (the features() hook).
+        """
+        x = self.augment(x)
+        # Packing (PacGAN) joins m augmented samples here, before D's heads see them.
+        return self.features(x, cond) if features else self.heads(x, cond)
 
-    def update_ema(self) -> None:
+    def update_ema(self, logs: dict | None = None) -> None:
         """The generator Step's `after` hook."""
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator)
+
+    def after_discriminator(self, logs: dict) -> None:
+        """The discriminator Step's `after` hook: WGAN's clipping, then the augmentation adapts from the logs."""
+        if self._clip is not None:
+            self._clip(logs)
+        self.augment.adapt(logs)
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -144,12 +162,14 @@ class GAN(Model):
     def compile_targets(self):
         return compilable(self.cfg, self.networks())
 
+    def optimizer_ratio(self, key):
+        return lazy_ratio(self.cfg) if key == "discriminator" else 1.0
+
     def schedule(self):
-        after = clipper(self.cfg, self.discriminator)
         steps = [Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,
-                      after=after)]
+                      after=self.after_discriminator)]
         if lazy_r1(self.cfg):
-            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
+            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=self._clip))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
                           needs_data=self.generator_needs_real()))
         return steps
@@ -168,29 +188,30 @@ class GAN(Model):
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake_x, fake_cond = self.fake(len(batch))
         cond = self.real_condition(batch)
-        real = Side(batch.x, cond, *self.judge(batch.x, cond))
+        real = Side(batch.x, cond, *self.discriminate(batch.x, cond))
         fake_x = fake_x.detach()
-        fake = Side(fake_x, fake_cond, *self.judge(fake_x, fake_cond))
+        fake = Side(fake_x, fake_cond, *self.discriminate(fake_x, fake_cond))
         loss = self.discriminator_loss(real, fake)
         logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float())
+        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt
+        logs["real_sign"] = real.d.detach().float().sign().mean()
+        logs.update(self.augment.stats())
         extra, more = self.discriminator_terms(real, fake, batch)
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        penalty, more = penalty_terms(self.cfg, lambda x: self.judge(x, real.cond)[0], real.x, fake.x, ctx)
+        penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx)
         logs.update(more)
         if self.lecam is not None:
             reg = self.lecam(real.d, fake.d)
             penalty = penalty + self.cfg.lecam_weight * reg
             logs["lecam"] = reg.detach()
-        if self.augment is not None:
-            logs.update(self.augment.observe(real.d))
         return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        return r1_term(self.cfg, lambda x: self.judge(x, cond)[0], batch.x, ctx)
+        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx)
 
     def generator_needs_real(self) -> bool:
         """Whether the generator step needs a real batch (a loss that reads D(real), feature matching)."""
@@ -198,10 +219,10 @@ class GAN(Model):
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))
-        fake = Side(x, cond, *self.judge(x, cond))
+        fake = Side(x, cond, *self.discriminate(x, cond))
         d_real = None
         if self.loss.generator_needs_real:
-            d_real = self.judge(batch.x, self.real_condition(batch))[0].detach()
+            d_real = self.discriminate(batch.x, self.real_condition(batch))[0].detach()
         scored, logs = fake.d, {}
         if self.cfg.topk is not None:
             c = self.cfg
@@ -213,8 +234,8 @@ class GAN(Model):
         logs.update(more)
         if self.cfg.feature_matching_weight > 0:
             with torch.no_grad():
-                real_features = self.critic_features(self.seen(batch.x), self.real_condition(batch))
-            fm = feature_matching(real_features, self.critic_features(self.seen(x), cond))
+                real_features = self.discriminate(batch.x, self.real_condition(batch), features=True)
+            fm = feature_matching(real_features, self.discriminate(x, cond, features=True))
             extra = extra + self.cfg.feature_matching_weight * fm
             logs["feature_matching"] = fm.detach()
         if logs:
@@ -228,7 +249,7 @@ class GAN(Model):
 
     def critic_values(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator's scalar output per point, for the toy heat-maps."""
-        return self.critic(x, None)[0]
+        return self.discriminate(x, None)[0]
 
     @torch.no_grad()
     def visuals(self, fixed, data):
