@@ -157,7 +157,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     from genlab.engine.budget import parse_duration
-    from genlab.metrics.evaluator import better
+    from genlab.metrics.table import better
 
     parse_duration(t.max_time)
     _check(not t.objective or better(t.objective) in ("lower", "higher"),

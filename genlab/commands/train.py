@@ -110,7 +110,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
 
 def objective(trainer, name: str) -> dict:
     """{metric, value, direction} of trainer.objective from the evaluation at the last step."""
-    from genlab.metrics.evaluator import better
+    from genlab.metrics.table import better
 
     metrics = trainer.last_eval if trainer.last_eval and trainer.last_eval["step"] == trainer.step else None
     if metrics is None:
@@ -149,15 +149,16 @@ def log_hparams(trainer, overrides: list[str]) -> None:
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
     from genlab import data as data_lib
-    from genlab.metrics.evaluator import Evaluator
+    from genlab.metrics.evaluator import EvalSettings, Evaluator
 
     t = cfg.trainer
     fd = data_lib.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
     metrics = list(t.eval_metrics) if t.eval_metrics else None
     # A feature network trained on a few images (a smoke test's) is cached apart from the standard one.
-    fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else None
-    return Evaluator(data, metrics=metrics, num_samples=int(t.eval_samples), seed=int(cfg.seed),
-                     featurenet_data=fd, featurenet=fn, reference_limit=t.eval_reference)
+    fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else {}
+    settings = EvalSettings(num_samples=int(t.eval_samples), seed=int(cfg.seed), featurenet=fn,
+                            reference_limit=t.eval_reference)
+    return Evaluator(data, settings, metrics=metrics, featurenet_data=fd)
 
 
 def _task_overrides() -> list[str]:

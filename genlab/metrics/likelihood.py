@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
 from genlab.pixels import PIXEL_BIN, from_levels, to_levels
 
 __all__ = ["LOG2", "PIXEL_BIN", "bits_per_dim", "dequantization_nats", "dequantize", "dequantize_pixels",
@@ -69,3 +70,14 @@ def dequantized_bits_per_dim(log_prob_y: torch.Tensor, num_dims: int, n_bits: in
     """Bits/dim of the discrete data from log p(y) of its dequantised version y in [0, 1)^D (nats)."""
     log_prob_levels = log_prob_y - dequantization_nats(num_dims, n_bits)
     return -log_prob_levels / (num_dims * LOG2)
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """The model's own held-out NLL (nats, bits/dim, ELBO terms), with its protocol kept beside the numbers."""
+    data, cfg = s.ev.data, s.ev.settings
+    limit = cfg.nll_images or len(data.raw("test"))
+    res = s.model.evaluate(data, limit=limit, k=cfg.nll_k)
+    # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a float).
+    protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
+    n = int(res.get("eval_images", len(data.raw("test"))))
+    return {k: Entry(float(v), n, None, None, {"split": "test", **protocol}) for k, v in res.items() if k not in protocol}
