@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from genlab import metrics as M
+from genlab.errors import GenlabError
 from genlab.metrics.cas import classification_accuracy_score
 from genlab.metrics.featurenet import Recipe
 from genlab.metrics.intra_fid import intra_class_fid
@@ -57,3 +58,26 @@ def test_classification_accuracy_score_is_high_for_class_true_samples_and_low_fo
     wrong = classification_accuracy_score(samples, (y + 1) % 10, test8, test_y, recipe)
     # trained on labels shifted by one class and scored on the true ones: at or below chance (0.1)
     assert good > 0.9 and wrong <= 0.15
+
+
+def test_intra_fid_and_cas_are_rows_of_genlab_eval_for_conditional_models(mnist_root, tmp_path):
+    from genlab.commands.eval import evaluate_run
+    from genlab.metrics import table
+    from tests.test_eval import TINY_FN, eval_cfg, train_run
+
+    assert table.better("intra_fid[lenet-mnist]") == "lower" and table.better("cas") == "higher"
+    small = ["++model.generator.base_channels=8", "++model.discriminator.base_channels=8", f"dataset.root={mnist_root}"]
+    run = train_run(tmp_path, "cgan", ["model=cgan", *small])
+    settings = ["num_samples=40", f"featurenet.cache_dir={tmp_path / 'fn'}", *TINY_FN]
+    rows = {r["metric"]: r for r in evaluate_run(eval_cfg(run, "metrics=[intra_fid,cas]", *settings))["metrics"]}
+    assert set(rows) == {"intra_fid[lenet-mnist]", "cas"}
+    intra, cas = rows["intra_fid[lenet-mnist]"], rows["cas"]
+    assert intra["value"] >= 0 and intra["better"] == "lower" and intra["num_samples"] == 40
+    assert len(intra["per_class"]) == 10
+    assert 0 <= cas["value"] <= 1 and cas["better"] == "higher" and cas["num_reference"] == 32  # the test split
+    # the floors: held-out real images per class; a classifier trained on as many real training images
+    assert intra["floor"] is not None and intra["floor"] >= 0 and 0 <= cas["floor"] <= 1
+    # an unconditional model has no labels to ask for: the rows do not apply, a one-line error
+    plain = train_run(tmp_path, "gan", ["model=gan", *small])
+    with pytest.raises(GenlabError, match=r"none of metrics=\['intra_fid', 'cas'\] applies to mnist / gan"):
+        evaluate_run(eval_cfg(plain, "metrics=[intra_fid,cas]", *settings))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from genlab.metrics.frechet import feature_stats, fid_from_stats
+from genlab.metrics.records import Entry, Scoring
 
 
 def intra_class_fid(feats: torch.Tensor, labels: torch.Tensor, ref_feats: torch.Tensor, ref_labels: torch.Tensor,
@@ -23,3 +24,15 @@ def intra_class_fid(feats: torch.Tensor, labels: torch.Tensor, ref_feats: torch.
                              f"class {k} has {len(f)} and {len(r)}")
         per_class.append(fid_from_stats(*feature_stats(f), *feature_stats(r)))
     return {"intra_fid": sum(per_class) / len(per_class), "per_class": per_class}
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """Intra-class FID of the set (labels: the classes samples were asked for, or the real labels of the
+    floor's held-out images) against the reference split's images of each class."""
+    if s.labels is None:
+        return {}
+    ev, k = s.ev, int(s.ev.data.num_classes)
+    ref_labels = ev._split_y(ev.split)[:len(s.ref["feats"])].cpu()
+    r = intra_class_fid(s.feats, s.labels.cpu(), s.ref["feats"], ref_labels, k)
+    return {"intra_fid": Entry(r["intra_fid"], len(s.x), len(ref_labels),
+                               extra={"num_classes": k, "per_class": [round(v, 4) for v in r["per_class"]]})}
