@@ -17,10 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from genlab import nets
-from genlab.models.ebgan import AutoEncoder
-from genlab.models.gan import GAN, GANConfig, Side
-from genlab.models.losses import LOSSES
+from genlab.models.ebgan import AutoEncoderGAN
+from genlab.models.gan import GANConfig, Side
 
 
 @dataclass
@@ -45,30 +43,21 @@ def convergence(real_energy: torch.Tensor, fake_energy: torch.Tensor, gamma: flo
     return real_energy + (gamma * real_energy - fake_energy).abs()
 
 
-class BEGAN(GAN):
+class BEGAN(AutoEncoderGAN):
     """G(z) against an auto-encoder D with L1 energies, the fake term weighted by the controlled k_t."""
 
     Config = BEGANConfig
+    energy_power = 1
 
     @classmethod
     def check(cls, cfg, spec):
-        if cfg.loss in LOSSES and not LOSSES[cfg.loss].reads_energies:
-            return f"BEGAN's D outputs energies: model.loss must be began (a loss that reads them), got {cfg.loss}"
-        if not 0 < cfg.gamma <= 1 or cfg.lambda_k <= 0 or not 0 <= cfg.k_init <= 1 or cfg.code_dim < 1:
-            return "model.gamma must be in (0, 1], model.lambda_k > 0, model.k_init in [0, 1] and model.code_dim >= 1"
+        if not 0 < cfg.gamma <= 1 or cfg.lambda_k <= 0 or not 0 <= cfg.k_init <= 1:
+            return "model.gamma must be in (0, 1], model.lambda_k > 0 and model.k_init in [0, 1]"
         return super().check(cfg, spec)
 
     def __init__(self, cfg, spec):
         super().__init__(cfg, spec)
         self.register_buffer("k", torch.tensor(float(cfg.k_init)))
-
-    def build_networks(self, cfg, spec):
-        d = AutoEncoder(cfg.discriminator, spec, cfg.code_dim, power=1)
-        return nets.generator(cfg.generator, spec, cfg.z_dim), d
-
-    def heads(self, x, cond):
-        """(L1 energies (N,) (low = judged real), codes)."""
-        return self.discriminator(x)
 
     def discriminator_loss(self, real: Side, fake: Side):
         return self.loss.discriminator(real.d, fake.d, self.k)
@@ -82,11 +71,3 @@ class BEGAN(GAN):
         """After each D update: the template's hooks, then k_t's controller step on that update's energies."""
         super().after_discriminator(logs)
         self.k.copy_(control(self.k, logs["energy_real"], logs["energy_fake"], self.cfg.gamma, self.cfg.lambda_k))
-
-    @torch.no_grad()
-    def visuals(self, fixed, data):
-        """Samples, and for images real test images (top) over the discriminator's reconstructions."""
-        out = super().visuals(fixed, data)
-        if data.kind == "image":
-            out["reconstructions"] = self.discriminator.reconstruction_grid(data)
-        return out

@@ -58,38 +58,28 @@ class AutoEncoder(nn.Module):
         return viz.grid(torch.cat([x, self.decoder(self.encoder(x))]), nrow=len(x))
 
 
-class EBGAN(GAN):
-    """G(z) against an auto-encoder discriminator whose reconstruction error is the energy."""
+class AutoEncoderGAN(GAN):
+    """The GAN template with an auto-encoder D whose reconstruction error is the energy (EBGAN, BEGAN)."""
 
-    Config = EBGANConfig
+    #: the power of the per-coordinate reconstruction error (2: squared, 1: L1)
+    energy_power = 2
 
     @classmethod
     def check(cls, cfg, spec):
         if cfg.loss in LOSSES and not LOSSES[cfg.loss].reads_energies:
-            return f"EBGAN's D outputs energies: model.loss must be ebgan (a loss that reads them), got {cfg.loss}"
-        if cfg.loss_params:
-            return "EBGAN's loss takes model.margin, not model.loss_params; leave loss_params empty"
-        if cfg.margin <= 0 or cfg.code_dim < 1 or cfg.pt_weight < 0:
-            return "model.margin must be > 0, model.code_dim >= 1 and model.pt_weight >= 0"
+            return (f"{cls.__name__}'s D outputs energies: model.loss must be {cfg.name} (a loss that reads them), "
+                    f"got {cfg.loss}")
+        if cfg.code_dim < 1:
+            return f"model.code_dim must be >= 1, got {cfg.code_dim}"
         return super().check(cfg, spec)
 
-    @classmethod
-    def loss_params(cls, cfg) -> dict:
-        return {"margin": cfg.margin}
-
     def build_networks(self, cfg, spec):
-        return nets.generator(cfg.generator, spec, cfg.z_dim), AutoEncoder(cfg.discriminator, spec, cfg.code_dim)
+        ae = AutoEncoder(cfg.discriminator, spec, cfg.code_dim, power=self.energy_power)
+        return nets.generator(cfg.generator, spec, cfg.z_dim), ae
 
     def heads(self, x, cond):
         """(energies (N,) (low = judged real), codes)."""
         return self.discriminator(x)
-
-    def generator_terms(self, fake: Side, adversarial):
-        logs = {"energy": adversarial.detach()}
-        if self.cfg.pt_weight <= 0:
-            return 0.0, logs
-        pt = pulling_away_term(fake.aux.float())
-        return self.cfg.pt_weight * pt, {**logs, "pulling_away": pt.detach()}
 
     @torch.no_grad()
     def visuals(self, fixed, data):
@@ -98,3 +88,28 @@ class EBGAN(GAN):
         if data.kind == "image":
             out["reconstructions"] = self.discriminator.reconstruction_grid(data)
         return out
+
+
+class EBGAN(AutoEncoderGAN):
+    """G(z) against an auto-encoder discriminator whose reconstruction error is the energy."""
+
+    Config = EBGANConfig
+
+    @classmethod
+    def check(cls, cfg, spec):
+        if cfg.loss_params:
+            return "EBGAN's loss takes model.margin, not model.loss_params; leave loss_params empty"
+        if cfg.margin <= 0 or cfg.pt_weight < 0:
+            return "model.margin must be > 0 and model.pt_weight >= 0"
+        return super().check(cfg, spec)
+
+    @classmethod
+    def loss_params(cls, cfg) -> dict:
+        return {"margin": cfg.margin}
+
+    def generator_terms(self, fake: Side, adversarial):
+        logs = {"energy": adversarial.detach()}
+        if self.cfg.pt_weight <= 0:
+            return 0.0, logs
+        pt = pulling_away_term(fake.aux.float())
+        return self.cfg.pt_weight * pt, {**logs, "pulling_away": pt.detach()}
