@@ -67,7 +67,13 @@ def test_unconditional_variant_trains_on_points(model, tmp_path):
     over = [f"model={model}", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY,
             "trainer.max_steps=2", *VARIANTS[model]]
     last = _train(over, tmp_path)
-    assert all(np.isfinite(v) for v in last.values())
+    from genlab.models.losses import LOSSES
+
+    role = LOSSES[compose(over).model.loss].role  # the D step is named after its role
+    losses = {f"{role}/loss", "generator/loss"}
+    assert losses <= set(last), sorted(last)  # both players logged the last step
+    assert all(np.isfinite(last[k]) for k in losses) and all(np.isfinite(v) for v in last.values())
+    assert _state(tmp_path)["step"] == 2
 
 
 def test_conditional_and_unpaired_requirements_are_one_line_errors(mnist_root, tmp_path):
