@@ -77,6 +77,11 @@ class GAN(Model):
             return problem
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
+        problem = (nets.settings_problem(cfg.generator, spec.kind, "generator", "model.generator", NetConfig())
+                   or nets.settings_problem(cfg.discriminator, spec.kind, "discriminator", "model.discriminator",
+                                            NetConfig()))
+        if problem:
+            return problem
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
                                                nets.resolve_arch(cfg.discriminator.arch, spec.kind)):
             return conv_size_problem(spec.shape)
