@@ -233,7 +233,7 @@ class GAN(Model):
             c = self.cfg
             k = topk_count(len(x), ctx.step, c.topk, c.topk_gamma, c.topk_every)
             scored = fake.d[top_k(fake.d, k, lowest=self.loss.reads_energies)]
-            logs["topk"] = torch.tensor(float(k))
+            logs["topk"] = torch.tensor(float(k), device=x.device)
         adv = self.loss.generator(d_real, scored)
         extra, more = self.generator_terms(fake, adv)
         logs.update(more)
