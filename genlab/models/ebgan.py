@@ -93,6 +93,8 @@ class AutoEncoderGAN(GAN):
 class EBGAN(AutoEncoderGAN):
     """G(z) against an auto-encoder discriminator whose reconstruction error is the energy."""
 
+    packs = False  # per-sample conditions or heads (labels, codes, reconstructions)
+
     Config = EBGANConfig
 
     @classmethod
