@@ -63,6 +63,10 @@ class LikelihoodModel(Model):
         """Per-example quantities in nats (keys of REPORTS) on one test batch."""
         return {"nll": -self._log_prob(batch).double()}
 
+    def eval_k(self) -> int | None:
+        """Importance samples per test example of an estimated NLL (None: the NLL is exact, e.g. flows)."""
+        return None
+
     def protocol(self, data, n: int) -> dict:
         """How the numbers were measured: the data's binarisation and how many test examples."""
         return {"binarize": getattr(data, "binarize", None) or "none", "eval_images": n}
@@ -87,11 +91,12 @@ class LikelihoodModel(Model):
         return bpd, {"nll_nats": nll.detach(), "bits_per_dim": bpd.detach()}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit=None, k=None):
+    def evaluate(self, data, *, limit=None, k=None, progress=None):
         """Mean test nats of every eval term, bits/dim of the NLL-like ones, and the protocol.
 
         limit: test examples (None = model.eval_limit); k: importance samples of an estimated NLL
-        (None = the model's eval_k), e.g. the trainer's bounds on its periodic evaluation.
+        (None = the model's eval_k), e.g. the trainer's bounds on its periodic evaluation; progress:
+        called with the number of test examples done after each batch.
         """
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         n = 0
@@ -104,6 +109,8 @@ class LikelihoodModel(Model):
                     for name, v in self.eval_terms(b).items():
                         parts[name].append(v)
                     n += len(b)
+                    if progress is not None:
+                        progress(n)
             return {**self.report({k: torch.cat(v) for k, v in parts.items()}), **self.protocol(data, n)}
         finally:
             self.eval_k_override = None
