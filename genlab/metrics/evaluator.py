@@ -313,8 +313,15 @@ class Evaluator:
         x, labels = self.samples(model)
         out = self.score(x, groups, labels)
         if "nll" in groups:
-            limit = self.nll_images or len(self.data.raw("test"))
-            res = model.evaluate(self.data, limit=limit, k=self.nll_k)
+            from genlab.metrics.likelihood import NLLProgress
+            from genlab.progress import bar
+
+            limit = min(self.nll_images or len(self.data.raw("test")), len(self.data.raw("test")))
+            k = (self.nll_k or model.eval_k()) if model.eval_k() is not None else None
+            dev = next(model.parameters()).device
+            device = "GPU" if dev.type == "cuda" else dev.type.upper()
+            with bar(limit, "NLL", unit="img") as b:
+                res = model.evaluate(self.data, limit=limit, k=self.nll_k, progress=NLLProgress(limit, k, device, b))
             # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a
             # float): keep it with the numbers.
             protocol = {k: v for k, v in res.items() if not isinstance(v, float)}

@@ -9,15 +9,17 @@ so a model uniform on [0, 1)^D (log p(y) = 0) scores exactly n_bits bits/dim.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import torch
 
 from genlab.pixels import PIXEL_BIN, from_levels, to_levels
 
-__all__ = ["LOG2", "PIXEL_BIN", "bits_per_dim", "dequantization_nats", "dequantize", "dequantize_pixels",
-           "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd", "nats_to_bits_per_dim",
-           "to_levels"]
+__all__ = ["LOG2", "NLLProgress", "PIXEL_BIN", "bits_per_dim", "cost_line", "dequantization_nats", "dequantize",
+           "dequantize_pixels", "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd",
+           "nats_to_bits_per_dim", "to_levels"]
 
 LOG2 = math.log(2)
 
@@ -69,3 +71,41 @@ def dequantized_bits_per_dim(log_prob_y: torch.Tensor, num_dims: int, n_bits: in
     """Bits/dim of the discrete data from log p(y) of its dequantised version y in [0, 1)^D (nats)."""
     log_prob_levels = log_prob_y - dequantization_nats(num_dims, n_bits)
     return -log_prob_levels / (num_dims * LOG2)
+
+
+log = logging.getLogger("genlab")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def cost_line(total: int, k: int | None, seconds_per_image: float, device: str, subset: int = 1000) -> str:
+    """The estimate said before a long NLL evaluation: its cost and a smaller eval.nll_images's."""
+    with_k = f" with k={k}" if k else ""
+    line = f"NLL on {total:,} test images{with_k}: about {_duration(total * seconds_per_image)} on this {device}"
+    if total > subset:
+        line += f"; eval.nll_images={subset} for about {_duration(subset * seconds_per_image)}"
+    return line
+
+
+class NLLProgress:
+    """The NLL evaluation's progress callback: says its cost once the first batch is timed, moves a bar."""
+
+    def __init__(self, total: int, k: int | None, device: str, bar):
+        self.total, self.k, self.device, self.bar = total, k, device, bar
+        self.done = 0
+        self.started = time.perf_counter()
+        self.estimate: str | None = None
+
+    def __call__(self, done: int) -> None:
+        if self.estimate is None and done < self.total:
+            per = (time.perf_counter() - self.started) / max(done, 1)
+            self.estimate = cost_line(self.total, self.k, per, self.device)
+            log.info(self.estimate)
+        self.bar.update(done - self.done)
+        self.done = done
