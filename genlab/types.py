@@ -70,14 +70,16 @@ class Step:
     """One phase of a trainer step: `repeat` times draw a batch, compute fn's loss, update `optimizer`'s params.
 
     every: the phase runs only on trainer steps divisible by it (lazy regularisation, StyleGAN2);
-    needs_data: False hands fn a Batch.of_size(batch_size) instead of drawing real data.
+    needs_data: False hands fn a Batch.of_size(batch_size) instead of drawing real data;
+    after: called after each optimizer update with the logs fn returned for it (tensors), so a step can
+    adapt from its own statistics (clipping, EMA, ADA's p, BEGAN's k_t; adaptive state in buffers).
     """
 
     name: str
     optimizer: str
     fn: LossFn
     repeat: int = 1
-    after: Callable[[], None] | None = None
+    after: Callable[[dict], None] | None = None
     every: int = 1
     needs_data: bool = True
 

@@ -211,7 +211,7 @@ def test_toy1d_points_curve_and_npz(tmp_path):
 def test_periodic_eval_skips_sampling_for_slow_samplers():
     """PixelCNN-like models: the trainer's hook must not draw thousands of ancestral samples."""
     from genlab import data as data_lib
-    from genlab.metrics.evaluator import Evaluator
+    from genlab.metrics.evaluator import EvalSettings, Evaluator
 
     data = data_lib.build(compose(["dataset=grid25", "dataset.n_train=64", "dataset.n_test=32"]).dataset)
 
@@ -225,6 +225,6 @@ def test_periodic_eval_skips_sampling_for_slow_samplers():
         def sample(self, n, **kwargs):
             raise AssertionError("sampled")
 
-    assert Evaluator(data, num_samples=10)(Slow(), data, 0) == {}
+    assert Evaluator(data, EvalSettings(num_samples=10))(Slow(), data, 0) == {}
     with pytest.raises(AssertionError, match="sampled"):  # asked for explicitly, it does sample
-        Evaluator(data, metrics=["modes"], num_samples=10)(Slow(), data, 0)
+        Evaluator(data, EvalSettings(num_samples=10), metrics=["modes"])(Slow(), data, 0)

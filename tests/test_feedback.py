@@ -23,11 +23,11 @@ def _data(root):
 
 
 def _evaluator(data, cache, **fn):
-    from genlab.metrics.evaluator import Evaluator
+    from genlab.metrics.evaluator import EvalSettings, Evaluator
 
-    return Evaluator(data, metrics=["fid", "kid", "prdc", "is"], num_samples=40, seed=0,
-                     featurenet={"cache_dir": str(cache), **TINY_FN, **fn}, prdc_k=3, kid_subsets=4,
-                     kid_subset_size=16)
+    settings = EvalSettings(num_samples=40, seed=0, featurenet={"cache_dir": str(cache), **TINY_FN, **fn}, prdc_k=3,
+                            kid_subsets=4, kid_subset_size=16)
+    return Evaluator(data, settings, metrics=["fid", "kid", "prdc", "is"])
 
 
 @pytest.fixture

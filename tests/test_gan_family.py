@@ -473,7 +473,7 @@ def test_ema_update_rule_buffers_and_sampling():
     with torch.no_grad():
         for p in model.generator.parameters():
             p.add_(1.0)
-    step.after()
+    step.after({})
     model.eval()
     z = model.latent(5)
     assert torch.allclose(model.sample(5, noise=z), model.generator_ema(z))

@@ -187,7 +187,7 @@ def test_cyclegan_takes_the_same_penalties_clipping_and_lazy_r1_as_every_gan():
     # clipping after every discriminator update
     model = _cyclegan("model.clip=0.01")
     steps = {s.name: s for s in model.schedule()}
-    steps["discriminator"].after()
+    steps["discriminator"].after({})
     assert max(p.abs().max().item() for p in model.discriminator.parameters()) <= 0.01
     assert steps["generator"].after is not None  # the EMA hook stays
     assert "discriminator" not in _cyclegan("model.gp_weight=1").compile_targets()

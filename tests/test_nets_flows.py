@@ -10,7 +10,7 @@ from genlab.metrics.likelihood import dequantize, to_levels
 from genlab.metrics.likelihood import dequantized_bits_per_dim as bits_per_dim
 from genlab.nets.flows import (
     ActNorm,
-    AffineCoupling,
+    Coupling,
     DiagonalScaling,
     InvConv1x1,
     VectorFlow,
@@ -75,7 +75,7 @@ def check_layer(layer, x, atol=1e-8):
 @pytest.mark.parametrize("mask,channels", [("checkerboard", 1), ("checkerboard", 3), ("channel", 4), ("channel", 3)])
 @pytest.mark.parametrize("parity", [0, 1])
 def test_coupling_image_logdet_and_inverse(mask, channels, parity, scale):
-    layer = perturb(AffineCoupling(channels, mask, parity, hidden=8, n_blocks=1, scale=scale), std=0.3)
+    layer = perturb(Coupling(channels, mask, parity, hidden=8, n_blocks=1, rule=scale), std=0.3)
     check_layer(layer, torch.randn(2, channels, 4, 4, dtype=torch.float64))
 
 
@@ -83,26 +83,26 @@ def test_coupling_image_logdet_and_inverse(mask, channels, parity, scale):
 @pytest.mark.parametrize("parity", [0, 1])
 @pytest.mark.parametrize("dim", [2, 5])
 def test_coupling_vector_logdet_and_inverse(dim, parity, scale):
-    layer = perturb(AffineCoupling(dim, "alternate", parity, hidden=16, n_blocks=2, scale=scale), std=0.3)
+    layer = perturb(Coupling(dim, "alternate", parity, hidden=16, n_blocks=2, rule=scale), std=0.3)
     check_layer(layer, torch.randn(3, dim, dtype=torch.float64))
 
 
 def test_coupling_keeps_the_conditioning_half():
     x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
-    layer = perturb(AffineCoupling(2, "checkerboard", 1, hidden=8, n_blocks=1), std=0.3)
+    layer = perturb(Coupling(2, "checkerboard", 1, hidden=8, n_blocks=1), std=0.3)
     z, _ = layer(x)
     keep = ((torch.arange(4).view(-1, 1) + torch.arange(4) + 1) % 2 == 0).expand(2, 2, 4, 4)
     assert torch.equal(z[keep], x[keep]) and not torch.allclose(z[~keep], x[~keep])
-    layer = perturb(AffineCoupling(4, "channel", 1, hidden=8, n_blocks=1), std=0.3)
+    layer = perturb(Coupling(4, "channel", 1, hidden=8, n_blocks=1), std=0.3)
     z, _ = layer(x.repeat(1, 2, 1, 1))
     assert torch.equal(z[:, 2:], x.repeat(1, 2, 1, 1)[:, 2:])
 
 
 def test_fresh_coupling_is_identity_for_tanh_and_glow_contraction_for_sigmoid():
     x = torch.randn(2, 4, 4, 4)
-    z, logdet = AffineCoupling(4, "channel", scale="tanh")(x)
+    z, logdet = Coupling(4, "channel", rule="tanh")(x)
     assert torch.equal(z, x) and torch.equal(logdet, torch.zeros(2))
-    z, logdet = AffineCoupling(4, "channel", scale="sigmoid")(x)
+    z, logdet = Coupling(4, "channel", rule="sigmoid")(x)
     s = torch.sigmoid(torch.tensor(2.0))
     torch.testing.assert_close(z[:, 2:], s * x[:, 2:])
     torch.testing.assert_close(logdet, torch.full((2,), 2 * 16 * math.log(s)))
@@ -218,7 +218,7 @@ def test_multiscale_shapes_for_mnist_and_unsupported_sizes():
     with pytest.raises(ValueError, match=r"divisible by 8, got 28x28: use n_scales <= 2"):
         build_flow("glow", (1, 28, 28), n_scales=3)
     with pytest.raises(ValueError, match="kind"):
-        build_flow("maf", (1, 28, 28))
+        build_flow("iaf", (1, 28, 28))
 
 
 @pytest.mark.parametrize("kind", ["realnvp", "glow"])
@@ -306,7 +306,7 @@ def test_diagonal_scaling_logdet_and_inverse(shape):
 
 @pytest.mark.parametrize("parity", [0, 1])
 def test_additive_coupling_preserves_volume(parity):
-    layer = perturb(AffineCoupling(6, "alternate", parity, hidden=16, n_blocks=2, scale="additive"), std=0.3)
+    layer = perturb(Coupling(6, "alternate", parity, hidden=16, n_blocks=2, rule="additive"), std=0.3)
     x = torch.randn(3, 6, dtype=torch.float64)
     check_layer(layer, x)  # brute-force log|det| == 0
     z, logdet = layer(x)

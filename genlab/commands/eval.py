@@ -38,21 +38,22 @@ def run_data(run, root: str | None = None):
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg
 
 
+def eval_settings(cfg: DictConfig, num_samples=None):
+    """eval.yaml's settings as the one EvalSettings object (its eval: node plus the top-level counts)."""
+    from genlab.metrics.records import EvalSettings
+
+    return EvalSettings(num_samples=num_samples, seed=int(cfg.seed), split=str(cfg.split),
+                        batch_size=int(cfg.batch_size), featurenet=OmegaConf.to_container(cfg.featurenet, resolve=True),
+                        **OmegaConf.to_container(cfg.eval, resolve=True))
+
+
 def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None):
     """An Evaluator from eval.yaml's settings (also used by tests and scripts)."""
     from genlab import data as data_lib
-    from genlab.metrics import featurenet as fnet
     from genlab.metrics.evaluator import Evaluator
 
-    e = cfg.eval
-    fn = OmegaConf.to_container(cfg.featurenet, resolve=True)
     fd = data_lib.full_dataset(dcfg, data) if data.kind == "image" and data.num_classes else None
-    return Evaluator(data, metrics=metrics, num_samples=num_samples, seed=int(cfg.seed), split=str(cfg.split),
-                     featurenet=fn, inception_weights=e.inception_weights, device=device,
-                     memorization_samples=e.memorization_samples, prdc_max=e.prdc_max, prdc_k=e.prdc_k,
-                     kid_subsets=e.kid_subsets, kid_subset_size=e.kid_subset_size,
-                     batch_size=int(cfg.batch_size), featurenet_data=fd,
-                     nll_images=e.get("nll_images"), nll_k=e.get("nll_k"))
+    return Evaluator(data, eval_settings(cfg, num_samples), metrics=metrics, device=device, featurenet_data=fd)
 
 
 def _fmt(v) -> str:
@@ -82,7 +83,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
     """The `genlab eval` command; returns the eval.json content."""
     from genlab import viz
     from genlab.device import resolve_device
-    from genlab.metrics.evaluator import better
+    from genlab.metrics.table import better
 
     t0 = time.perf_counter()
     if cfg.num_samples is not None and int(cfg.num_samples) < 2:
@@ -114,7 +115,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
                      "floor_num_samples": f.num_samples if f else None, "feature_network": e.feature_network,
                      "split": ev.split if e.num_reference else e.extra.get("split"), **e.extra})
     nets = [{"name": n.name, "id": n.id, "test_accuracy": n.test_accuracy,
-             "path": str(getattr(n, "path", None) or "") or None} for n in (ev._nets or [])]
+             "path": str(n.path) if n.path else None} for n in (ev._nets or [])]
     result = {
         "run": str(run_dir), "checkpoint": str(run.path), "step": int(run.info["step"]),
         "model": str(run.cfg.model.name), "dataset": data.name, "split": ev.split, "heldout_split": ev.heldout,

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from genlab.commands.sweep import read_status
-from genlab.metrics.evaluator import better
+from genlab.metrics.table import better
 
 IGNORED = ("trainer.resume", "trainer.progress", "trainer.num_threads", "dataset.root", "dataset.path")
 BOOKKEEPING = ("step", "train_time", "wall_time")

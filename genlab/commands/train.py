@@ -57,7 +57,7 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
 
 def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launcher) -> dict:
     from genlab import data as data_lib
-    from genlab.config import model_class
+    from genlab.config import attach_first_stage, model_class
     from genlab.engine import checkpoint as ckpt
     from genlab.engine import signals
     from genlab.engine.threads import default_threads
@@ -80,6 +80,9 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     torch.set_num_threads(int(threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
+    first_stage = attach_first_stage(cfg)
+    if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
+        model.load_first_stage(first_stage)
     if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
@@ -110,7 +113,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
 
 def objective(trainer, name: str) -> dict:
     """{metric, value, direction} of trainer.objective from the evaluation at the last step."""
-    from genlab.metrics.evaluator import better
+    from genlab.metrics.table import better
 
     metrics = trainer.last_eval if trainer.last_eval and trainer.last_eval["step"] == trainer.step else None
     if metrics is None:
@@ -149,15 +152,16 @@ def log_hparams(trainer, overrides: list[str]) -> None:
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
     from genlab import data as data_lib
-    from genlab.metrics.evaluator import Evaluator
+    from genlab.metrics.evaluator import EvalSettings, Evaluator
 
     t = cfg.trainer
     fd = data_lib.full_dataset(cfg.dataset, data) if data.kind == "image" and data.num_classes else None
     metrics = list(t.eval_metrics) if t.eval_metrics else None
     # A feature network trained on a few images (a smoke test's) is cached apart from the standard one.
-    fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else None
-    return Evaluator(data, metrics=metrics, num_samples=int(t.eval_samples), seed=int(cfg.seed),
-                     featurenet_data=fd, featurenet=fn, reference_limit=t.eval_reference)
+    fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else {}
+    settings = EvalSettings(num_samples=int(t.eval_samples), seed=int(cfg.seed), featurenet=fn,
+                            reference_limit=t.eval_reference)
+    return Evaluator(data, settings, metrics=metrics, featurenet_data=fd)
 
 
 def _task_overrides() -> list[str]:

@@ -42,6 +42,15 @@ def sample_mixture(name: str, n: int, generator: torch.Generator | None = None) 
     return x.float(), k
 
 
+def mixture_log_density(name: str, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) per point (N,) of the uniform mixture `name`, in nats: the known target density."""
+    centers_fn, std, _ = MIXTURES[name]
+    centers = centers_fn().to(x.device, x.dtype)
+    sq = (x.unsqueeze(1) - centers).pow(2).sum(-1) / std**2
+    log_comp = -0.5 * sq - x.shape[1] * (math.log(std) + 0.5 * math.log(2 * math.pi))
+    return torch.logsumexp(log_comp, 1) - math.log(len(centers))
+
+
 def mixture(cfg, seed: int = 0) -> Data:
     """A train/test split of n_train/n_test points from the mixture cfg.name."""
     if cfg.name not in MIXTURES:

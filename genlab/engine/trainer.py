@@ -36,8 +36,10 @@ log = logging.getLogger("genlab")
 _NEVER = 2**62  # _bad_step's value while every loss was finite
 
 
-def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
-    """An optimizer from optimizer._target_ and the keyword arguments that are set (not null)."""
+def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.optim.Optimizer:
+    """An optimizer from optimizer._target_ and the keyword arguments that are set (not null).
+
+    ratio: the model's Model.optimizer_ratio for this network: lr * ratio and betas ** ratio."""
     from hydra.utils import get_class
 
     kw = {k: v for k, v in OmegaConf.to_container(opt_cfg, resolve=True).items()
@@ -46,7 +48,9 @@ def build_optimizer(opt_cfg, params, network: str) -> torch.optim.Optimizer:
     kw.update((paper.get("per_network") or {}).get(network) or {})
     kw.update((opt_cfg.per_network or {}).get(network) or {})
     if "betas" in kw:
-        kw["betas"] = tuple(kw["betas"])
+        kw["betas"] = tuple(float(b) ** ratio for b in kw["betas"])
+    if ratio != 1.0 and "lr" in kw:
+        kw["lr"] = kw["lr"] * ratio
     try:
         cls = get_class(opt_cfg._target_)
     except Exception as e:  # noqa: BLE001 - any import failure is a config error here
@@ -115,7 +119,8 @@ class Trainer:
         missing = {s.optimizer for s in self.schedule} - set(nets)
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
-        self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k) for k, ps in self.params.items()}
+        self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k, model.optimizer_ratio(k))
+                           for k, ps in self.params.items()}
         self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
         self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
@@ -266,7 +271,7 @@ class Trainer:
                     norm = self.precision.backward_and_step(loss, optimizer, s.optimizer, params, grad_clip,
                                                             need_norm=log_now)
                     if s.after is not None:
-                        s.after()
+                        s.after(logs)
                     if self._bad_step is not None:  # divergence is caught at the step it happens
                         ok = torch.isfinite(loss.detach())
                         self._bad_step = torch.where(ok, self._bad_step, self._bad_step.clamp_max(self.step + 1))

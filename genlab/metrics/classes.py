@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
+
 
 def _labels(probs_or_labels: torch.Tensor) -> torch.Tensor:
     # (N, K) scores or probabilities become argmax labels; (N,) integer labels pass through.
@@ -46,3 +48,20 @@ def conditional_accuracy(pred_labels: torch.Tensor, target_labels: torch.Tensor)
     if pred.shape != target.shape:
         raise ValueError(f"{pred.shape[0]} predictions for {target.shape[0]} targets")
     return float((pred == target).double().mean())
+
+
+def score_coverage(s: Scoring) -> dict[str, Entry]:
+    """Classes covered and KL(class histogram || uniform) of the set under the feature network."""
+    k = int(s.ev.data.num_classes)
+    if s.probs is None:
+        return {}
+    c = class_coverage(s.probs[:, :k], k)
+    return {"classes_covered": Entry(c["classes_covered"], len(s.x), extra={"num_classes": c["num_classes"]}),
+            "class_kl": Entry(c["class_kl"], len(s.x))}
+
+
+def score_conditional(s: Scoring) -> dict[str, Entry]:
+    """How often the feature network recognises the class each sample was asked for."""
+    if s.probs is None or s.labels is None:
+        return {}
+    return {"cond_acc": Entry(conditional_accuracy(s.probs, s.labels), len(s.x))}

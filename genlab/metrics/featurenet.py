@@ -227,6 +227,7 @@ class InceptionNet:
                                                feature_extractor_weights_path=str(p)).to(device).eval()
         self.id = f"inception-v3-compat:{p.name}"
         self.test_accuracy = None
+        self.path = None  # its reference caches live in the feature-network cache, not beside the weights
 
     def digest(self) -> str:
         return module_digest(self.net)

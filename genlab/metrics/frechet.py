@@ -7,6 +7,8 @@ import warnings
 import numpy as np
 import torch
 
+from genlab.metrics.records import Entry, Scoring
+
 # A PSD product S1 @ S2 has a real square root; a Schur result further than this (relative
 # Frobenius residual) from squaring back to the product means sqrtm struggled with a (near-)
 # singular product and is retried with eps*I added to both covariances.
@@ -79,3 +81,8 @@ def fid_from_stats(mu1, s1, mu2, s2, eps: float = 1e-6) -> float:
 def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
     """FID between two feature sets (N1, D) and (N2, D)."""
     return fid_from_stats(*feature_stats(f1), *feature_stats(f2))
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """FID of the set's features against the reference split's (the metric table's fid row)."""
+    return {"fid": Entry(fid_from_stats(*feature_stats(s.feats), *s.ref["stats"]), len(s.x), len(s.ref["feats"]))}

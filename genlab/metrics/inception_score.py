@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
+
 
 def inception_score(probs: torch.Tensor, splits: int = 10) -> dict[str, float]:
     """Mean and std over splits of exp(E_x KL(p(y|x) || p(y))) for probabilities (N, K)."""
@@ -22,3 +24,12 @@ def inception_score(probs: torch.Tensor, splits: int = 10) -> dict[str, float]:
         scores.append(float(kl.sum(1).mean().exp()))
     scores = torch.tensor(scores, dtype=torch.float64)
     return {"is": float(scores.mean()), "is_std": float(scores.std(correction=0))}
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """The Inception Score of the set's class probabilities (and its std over splits)."""
+    if s.probs is None:
+        return {}
+    splits = min(10, len(s.x))
+    r = inception_score(s.probs, splits=splits)
+    return {key: Entry(r[key], len(s.x), extra={"splits": splits}) for key in ("is", "is_std")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
+
 
 def polynomial_kernel(x: torch.Tensor, y: torch.Tensor, degree: int = 3,
                       gamma: float | None = None, coef: float = 1.0) -> torch.Tensor:
@@ -46,3 +48,12 @@ def kid(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 100, subset_size: int
     values = torch.tensor(values, dtype=torch.float64)
     # Population std over subsets, as in the reference implementations (torch-fidelity, clean-fid).
     return {"kid": float(values.mean()), "kid_std": float(values.std(correction=0))}
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """KID (and its std over subsets) of the set's features against the reference split's."""
+    cfg, n, nref = s.ev.settings, len(s.x), len(s.ref["feats"])
+    k = kid(s.feats, s.ref["feats"], subsets=cfg.kid_subsets, subset_size=cfg.kid_subset_size,
+            generator=torch.Generator().manual_seed(cfg.seed))
+    extra = {"subsets": cfg.kid_subsets, "subset_size": min(cfg.kid_subset_size, n, nref)}
+    return {key: Entry(k[key], n, nref, extra=dict(extra)) for key in ("kid", "kid_std")}

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
 from genlab.pixels import PIXEL_BIN, from_levels, to_levels
 
 __all__ = ["LOG2", "NLLProgress", "PIXEL_BIN", "bits_per_dim", "cost_line", "dequantization_nats", "dequantize",
@@ -109,3 +110,20 @@ class NLLProgress:
             log.info(self.estimate)
         self.bar.update(done - self.done)
         self.done = done
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """The model's own held-out NLL (nats, bits/dim, ELBO terms), with its protocol kept beside the numbers."""
+    from genlab.progress import bar
+
+    data, cfg = s.ev.data, s.ev.settings
+    limit = min(cfg.nll_images or len(data.raw("test")), len(data.raw("test")))
+    k = (cfg.nll_k or s.model.eval_k()) if s.model.eval_k() is not None else None
+    dev = next(s.model.parameters()).device
+    with bar(limit, "NLL", unit="img") as b:
+        progress = NLLProgress(limit, k, "GPU" if dev.type == "cuda" else dev.type.upper(), b)
+        res = s.model.evaluate(data, limit=limit, k=cfg.nll_k, progress=progress)
+    # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a float).
+    protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
+    n = int(res.get("eval_images", len(data.raw("test"))))
+    return {k: Entry(float(v), n, None, None, {"split": "test", **protocol}) for k, v in res.items() if k not in protocol}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from genlab.metrics._distance import as_float64
+from genlab.metrics.records import Entry, Scoring
 
 
 def nearest_neighbours(samples: torch.Tensor, train: torch.Tensor, chunk: int = 1024
@@ -43,3 +44,23 @@ def memorization_ratio(samples: torch.Tensor, train: torch.Tensor, test: torch.T
         "sample_nn_mean": float(sample_d.mean()),
         "test_nn_mean": test_mean,
     }
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """Nearest-training-neighbour ratios of the set (pixels or coordinates).
+
+    The floor: held-out points are fresh data, so by construction about 1 and 0.5 (computed, not
+    assumed): the first half of them is compared with the training set against the second half."""
+    ev = s.ev
+    m, train = min(len(s.x), ev.settings.memorization_samples), ev.data.train_x.cpu()
+    if s.floor:
+        m = min(len(s.x) // 2, ev.settings.memorization_samples)
+        if ev.heldout != "test" or m < 2:
+            return {}
+        r = memorization_ratio(s.x[:m], train, s.x[m:2 * m])
+        return {key: Entry(r[key], m, len(train)) for key in ("nn_ratio", "closer_than_test_median")}
+    test = ev.data.test_x.cpu()
+    mt = min(m, len(test))
+    r = memorization_ratio(s.x[:m], train, test[:mt])
+    space = "points" if ev.points else "pixels"
+    return {key: Entry(r[key], m, len(train), space, {"num_test": mt}) for key in ("nn_ratio", "closer_than_test_median")}

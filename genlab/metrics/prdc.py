@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from genlab.metrics._distance import as_float64, distance_blocks, kth_neighbour_distance
+from genlab.metrics.records import Entry, Scoring
 
 
 def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, chunk: int = 1024,
@@ -36,3 +37,14 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k: int = 5, chunk: int = 1024,
         "density": float(balls_per_fake.mean() / k),
         "coverage": float(covered.double().mean()),
     }
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """Precision, recall, density, coverage of up to prdc_max points against as many reference points."""
+    cfg = s.ev.settings
+    m = min(len(s.x), cfg.prdc_max, len(s.ref["feats"]))
+    if m <= cfg.prdc_k:
+        return {}
+    real = s.ref["feats"][s.ref["perm"][:m]]
+    r = prdc(real, s.feats[:m], k=cfg.prdc_k, real_radii=s.ev.reference_radii(s.net, s.ref, m))
+    return {key: Entry(v, m, m, extra={"k": cfg.prdc_k}) for key, v in r.items()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from genlab.metrics.records import Entry, Scoring
+
 def mode_metrics(samples: torch.Tensor, centers: torch.Tensor, std: float, threshold: float = 3.0,
                  min_count: int = 1) -> dict[str, float]:
     """Modes captured, high-quality fraction and reverse KL of samples (N, 2) from a mixture."""
@@ -32,3 +34,11 @@ def mode_metrics(samples: torch.Tensor, centers: torch.Tensor, std: float, thres
         "reverse_kl": reverse_kl,
         "num_modes": int(centers.shape[0]),
     }
+
+
+def score(s: Scoring) -> dict[str, Entry]:
+    """Modes covered, the share of high-quality samples and the reverse KL of a toy mixture's samples."""
+    info, n = s.ev.data.info, len(s.x)
+    r = mode_metrics(s.x, info["centers"], float(info["std"]))
+    return {"modes": Entry(r["modes"], n, extra={"num_modes": r["num_modes"]}),
+            "high_quality": Entry(r["high_quality"], n), "reverse_kl": Entry(r["reverse_kl"], n)}

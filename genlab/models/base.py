@@ -42,6 +42,12 @@ class Model(nn.Module):
     accepts_temperature: bool = False
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
+    #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
+    #: config.py then checks it holds a `first_stage_model`, copies its model config into
+    #: model.<first_stage_config> and the train command hands its weights to `load_first_stage`
+    first_stage_key: str | None = None
+    first_stage_model: type | None = None
+    first_stage_config: str | None = None
 
     @classmethod
     def check(cls, cfg, spec: Spec) -> str | None:
@@ -53,6 +59,10 @@ class Model(nn.Module):
         self.cfg = cfg
         self.spec = spec
 
+    def load_first_stage(self, state: dict) -> None:
+        """Take the weights (a checkpoint's model state) of the run named by first_stage_key."""
+        raise NotImplementedError
+
     def networks(self) -> dict[str, nn.Module]:
         """Optimizer key -> module whose parameters that optimizer updates."""
         raise NotImplementedError
@@ -60,6 +70,11 @@ class Model(nn.Module):
     def compile_targets(self) -> dict[str, nn.Module]:
         """The modules trainer.compile=true compiles in place; a model leaves out what torch.compile cannot run."""
         return {k: m for k, m in self.networks().items() if m is not self}
+
+    def optimizer_ratio(self, key: str) -> float:
+        """c in (0, 1]: the trainer runs this network's optimizer at lr * c and betas ** c (StyleGAN2's
+        rule for a network that also takes lazy regularisation updates); 1 = as configured."""
+        return 1.0
 
     def schedule(self) -> list[Step]:
         """The ordered steps of one trainer step (one generator update for GANs)."""

@@ -162,14 +162,14 @@ class ConditionalGAN(GAN):
             raise RuntimeError("a conditional GAN needs labelled batches")
         return batch.y
 
-    def critic(self, x, cond):
+    def heads(self, x, cond):
         return self.discriminator(x, cond)
 
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch):
         extra, logs = 0.0, {}
         if self.cfg.wrong_label_weight > 0:
             # GAN-CLS: real images with wrong labels replace a share w of the fakes
-            d_wrong, _ = self.discriminator(real.x, wrong_labels(real.cond, self.num_classes))
+            d_wrong, _ = self.discriminate(real.x, wrong_labels(real.cond, self.num_classes))
             w = self.cfg.wrong_label_weight
             wrong = self.loss.discriminator(real.d, d_wrong)
             adv = discriminator_loss_with_wrong_labels(self.loss, real.d, fake.d, d_wrong, w)

@@ -18,8 +18,8 @@ from torch import nn
 from genlab.models.base import Batch, Model, Step, StepContext
 from genlab.models.ema import EMA
 from genlab.models.losses import build_loss, loss_problem
-from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, penalty_terms, r1_term,
-                                     regulariser_problem)
+from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, lazy_ratio, penalty_terms,
+                                     r1_term, regulariser_problem)
 from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
 from genlab.nets.spectral import apply_spectral_norm
 
@@ -127,7 +127,10 @@ class CycleGAN(Model):
     def networks(self):
         return {"generator": self.generator, "discriminator": self.discriminator}
 
-    def update_ema(self) -> None:
+    def optimizer_ratio(self, key):
+        return lazy_ratio(self.cfg) if key == "discriminator" else 1.0
+
+    def update_ema(self, logs: dict | None = None) -> None:
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator)
 

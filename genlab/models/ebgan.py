@@ -64,7 +64,7 @@ class EBGAN(GAN):
     def build_networks(self, cfg, spec):
         return nets.generator(cfg.generator, spec, cfg.z_dim), AutoEncoder(cfg.discriminator, spec, cfg.code_dim)
 
-    def critic(self, x, cond):
+    def heads(self, x, cond):
         """(energies (N,) (low = judged real), codes)."""
         return self.discriminator(x)
 

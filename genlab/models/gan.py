@@ -1,8 +1,12 @@
 """The GAN template. One class plays every unconditional game: the loss table (losses.py), the number
 of critic steps, weight clipping, the gradient penalty, R1 and the generator EMA are config values,
 so GAN, WGAN, WGAN-GP and RaGAN are YAML files. Variants (cGAN, AC-GAN, InfoGAN, EBGAN) override
-small hooks (how G and D are built, how D sees a batch, extra terms for each player) and so inherit
-every regulariser written here.
+small hooks (how G and D are built, how D's heads score a batch, extra terms for each player) and so
+inherit every regulariser written here.
+
+Everything D sees (real, fake, interpolates, R1's reals, the heat-map plane) goes through one method,
+`discriminate(x, cond)`: the model's augmentation (models/augment.py), then the `heads` hook. No
+variant overrides it, so an augmentation or a packing of D's inputs is written once for all.
 """
 
 from __future__ import annotations
@@ -13,15 +17,16 @@ from typing import Any, Optional
 import torch
 
 from genlab import nets
+from genlab.models.augment import Augmentation, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.ema import EMA
 from genlab.models.losses import AdversarialLoss, build_loss, loss_problem
-from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, penalty_terms, r1_term,
-                                     regulariser_problem)
+from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, lazy_ratio, penalty_terms,
+                                     r1_term, regulariser_problem)
 
 
 @dataclass
-class GANConfig(Regularisers):
+class GANConfig(Regularisers, Augmentation):
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
@@ -48,10 +53,16 @@ class GAN(Model):
 
     Config = GANConfig
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "discriminate" in cls.__dict__:
+            raise TypeError(f"{cls.__name__} overrides GAN.discriminate, the one path of D's inputs; "
+                            "override the heads() hook instead")
+
     @classmethod
     def check(cls, cfg, spec) -> str | None:
         """Why cfg cannot work on data of this spec (None if it can)."""
-        problem = loss_problem(cfg.loss, cls.loss_params(cfg))
+        problem = loss_problem(cfg.loss, cls.loss_params(cfg)) or augment_problem(cfg)
         if problem:
             return problem
         if cfg.n_critic < 1:
@@ -79,6 +90,8 @@ class GAN(Model):
         self.loss: AdversarialLoss = build_loss(cfg.loss, **self.loss_params(cfg))
         self.critic_name = self.loss.role
         self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.augment = build_augment(cfg, spec)
+        self._clip = clipper(cfg, self.discriminator)  # WGAN's weight clipping after each D update, or None
 
     # ---- hooks --------------------------------------------------------------------------------------
     def build_networks(self, cfg, spec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -93,8 +106,8 @@ class GAN(Model):
         """The condition D judges a real batch under (None: unconditional)."""
         return None
 
-    def critic(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
-        """How D sees a batch: (adversarial scores, auxiliary outputs)."""
+    def heads(self, x: torch.Tensor, cond: Any) -> tuple[torch.Tensor, Any]:
+        """How D's heads turn (x, cond) into (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
@@ -106,10 +119,22 @@ class GAN(Model):
         return 0.0, {}
 
     # ---- the template -------------------------------------------------------------------------------
-    def update_ema(self) -> None:
+    def discriminate(self, x: torch.Tensor, cond: Any = None) -> tuple[torch.Tensor, Any]:
+        """(scores, aux) of D on x under cond: the one path of every D input; augments, then heads()."""
+        x = self.augment(x)
+        # Packing (PacGAN) joins m augmented samples here, before D's heads see them.
+        return self.heads(x, cond)
+
+    def update_ema(self, logs: dict | None = None) -> None:
         """The generator Step's `after` hook."""
         if self.generator_ema is not None:
             self.generator_ema.update(self.generator)
+
+    def after_discriminator(self, logs: dict) -> None:
+        """The discriminator Step's `after` hook: WGAN's clipping, then the augmentation adapts from the logs."""
+        if self._clip is not None:
+            self._clip(logs)
+        self.augment.adapt(logs)
 
     @property
     def sampler(self) -> torch.nn.Module:
@@ -122,12 +147,14 @@ class GAN(Model):
     def compile_targets(self):
         return compilable(self.cfg, self.networks())
 
+    def optimizer_ratio(self, key):
+        return lazy_ratio(self.cfg) if key == "discriminator" else 1.0
+
     def schedule(self):
-        after = clipper(self.cfg, self.discriminator)
         steps = [Step(self.critic_name, "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,
-                      after=after)]
+                      after=self.after_discriminator)]
         if lazy_r1(self.cfg):
-            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
+            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=self._clip))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
                           needs_data=self.loss.generator_needs_real))
         return steps
@@ -146,31 +173,33 @@ class GAN(Model):
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake_x, fake_cond = self.fake(len(batch))
         cond = self.real_condition(batch)
-        real = Side(batch.x, cond, *self.critic(batch.x, cond))
+        real = Side(batch.x, cond, *self.discriminate(batch.x, cond))
         fake_x = fake_x.detach()
-        fake = Side(fake_x, fake_cond, *self.critic(fake_x, fake_cond))
+        fake = Side(fake_x, fake_cond, *self.discriminate(fake_x, fake_cond))
         loss = self.loss.discriminator(real.d, fake.d)
         # What D believes costs a few reductions per update: measured only where it is written.
         logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float()) if ctx.log else {}
+        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt at every update
+        logs["real_sign"] = real.d.detach().float().sign().mean()
         extra, more = self.discriminator_terms(real, fake, batch)
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        penalty, more = penalty_terms(self.cfg, lambda x: self.critic(x, real.cond)[0], real.x, fake.x, ctx)
+        penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx)
         logs.update(more)
         return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        return r1_term(self.cfg, lambda x: self.critic(x, cond)[0], batch.x, ctx)
+        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx)
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))
-        fake = Side(x, cond, *self.critic(x, cond))
+        fake = Side(x, cond, *self.discriminate(x, cond))
         d_real = None
         if self.loss.generator_needs_real:
-            d_real = self.critic(batch.x, self.real_condition(batch))[0].detach()
+            d_real = self.discriminate(batch.x, self.real_condition(batch))[0].detach()
         adv = self.loss.generator(d_real, fake.d)
         extra, logs = self.generator_terms(fake, adv)
         if logs:
@@ -184,7 +213,7 @@ class GAN(Model):
 
     def critic_values(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator's scalar output per point, for the toy heat-maps."""
-        return self.critic(x, None)[0]
+        return self.discriminate(x, None)[0]
 
     @torch.no_grad()
     def visuals(self, fixed, data):

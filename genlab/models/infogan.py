@@ -116,7 +116,7 @@ class InfoGAN(GAN):
         idx, cont = self.codes(n, self.device)
         return self.generator(self.encode(self._noise(n), idx, cont)), (idx, cont)
 
-    def critic(self, x, cond):
+    def heads(self, x, cond):
         return self.discriminator(x)
 
     def _info_terms(self, fake: Side):

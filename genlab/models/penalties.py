@@ -71,14 +71,20 @@ def regulariser_problem(cfg) -> str | None:
     return None
 
 
-def clipper(cfg, module: torch.nn.Module) -> Callable[[], None] | None:
-    """The after-step hook that clips `module`'s weights, or None without clipping."""
-    return (lambda: clip_weights(module, cfg.clip)) if cfg.clip else None
+def clipper(cfg, module: torch.nn.Module) -> Callable[[dict], None] | None:
+    """The after-step hook (it takes the step's logs) that clips `module`'s weights, or None without clipping."""
+    return (lambda logs=None: clip_weights(module, cfg.clip)) if cfg.clip else None
 
 
 def lazy_r1(cfg) -> bool:
     """Whether R1 runs as its own step every cfg.r1_every steps rather than inside every D step."""
     return cfg.r1_weight > 0 and cfg.r1_every > 1
+
+
+def lazy_ratio(cfg) -> float:
+    """c = every / (every + 1) for a lazily regularised D, else 1: StyleGAN2 runs D's optimizer at lr * c
+    and betas ** c, so that with the extra R1 updates its per-step dynamics match the non-lazy ones."""
+    return cfg.r1_every / (cfg.r1_every + 1) if lazy_r1(cfg) else 1.0
 
 
 def r1_term(cfg, critic, real: torch.Tensor, ctx: StepContext | None = None):

@@ -175,3 +175,61 @@ class DiagonalScaling(FlowLayer):
     def inverse(self, z):
         """Return x with forward(x)[0] == z."""
         return z * (-self.log_scale).exp()
+
+
+class BatchNormFlow(FlowLayer):
+    """Batch normalisation as a flow layer (Dinh et al. 2017; MAF's layers between MADEs):
+    z = (x - m) / sqrt(v + eps) * exp(log_gamma) + beta per channel (dim 1).
+
+    Training uses the batch's mean and variance (the log-det treats them as constants, as in the
+    papers) and updates running averages; evaluation and the inverse use the running averages, so
+    the test density is an exact, fixed bijection. The running averages are buffers: they travel in
+    checkpoints and exact resume holds.
+    """
+
+    def __init__(self, channels: int, momentum: float = 0.05, eps: float = 1e-5):
+        super().__init__()
+        self.log_gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def _view(self, p, x):
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    def _moments(self, x):
+        if not self.training:
+            return self.running_mean, self.running_var
+        dims = [d for d in range(x.dim()) if d != 1]
+        mean, var = x.mean(dim=dims), x.var(dim=dims, unbiased=False)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+        return mean, var
+
+    def forward(self, x):
+        """Return (z, log|det dz/dx|)."""
+        mean, var = self._moments(x)
+        log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)
+        z = (x - self._view(mean, x)) * self._view(log_scale, x).exp() + self._view(self.beta, x)
+        pixels = x[0, 0].numel()
+        return z, (pixels * log_scale.sum()).expand(x.shape[0])
+
+    def inverse(self, z):
+        """Return x with forward(x)[0] == z under the running averages."""
+        log_scale = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
+        return (z - self._view(self.beta, z)) * (-self._view(log_scale, z)).exp() + self._view(self.running_mean, z)
+
+
+class Reverse(FlowLayer):
+    """Reverses the order of the dimensions of vectors (N, D): between autoregressive layers, so each
+    conditions on what the previous one could not (MAF). log-det 0."""
+
+    def forward(self, x):
+        """Return (x reversed along dim 1, zeros(N))."""
+        return x.flip(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, z):
+        """Reverse again."""
+        return z.flip(1)

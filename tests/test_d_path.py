@@ -1,0 +1,148 @@
+"""The one path of D's inputs (GAN.discriminate + augmentation), steps that adapt from their own logs
+with state in buffers (checkpointed, resumed bit-exactly), and StyleGAN2's lazy-R1 optimizer rescaling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from genlab.commands.train import train
+from genlab.models import augment as aug
+from genlab.models.base import Batch, Spec, StepContext
+from genlab.models.conditional import ConditionalGAN
+from genlab.models.gan import GAN
+from tests.conftest import assert_same_state, compose
+
+CTX = StepContext(0)
+MLP = {"arch": "mlp", "hidden": 8, "depth": 1}
+
+
+class Recorder(aug.Augment):
+    """Adds a known offset and records every input it is given."""
+
+    def __init__(self, cfg=None, spec=None):
+        super().__init__(cfg, spec)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        self.seen.append(x.detach().clone())
+        return x + 100.0
+
+
+class Adaptive(aug.Augment):
+    """ADA's control in miniature: p moves by 0.125 towards making E[sign D(real)] reach 0.6, in a buffer."""
+
+    def __init__(self, cfg=None, spec=None):
+        super().__init__(cfg, spec)
+        self.register_buffer("p", torch.zeros(()))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        if not self.training:
+            return x
+        keep = (torch.rand(len(x), *[1] * (x.dim() - 1), device=x.device) >= self.p).to(x.dtype)
+        return x * keep + x.flip(-1) * (1 - keep)
+
+    def adapt(self, logs):
+        self.p.add_(0.125 * torch.sign(logs["real_sign"] - 0.6)).clamp_(0, 1)
+        self.updates += 1
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    monkeypatch.setitem(aug.AUGMENTS, "recorder", f"{__name__}.Recorder")
+    monkeypatch.setitem(aug.AUGMENTS, "adaptive", f"{__name__}.Adaptive")
+
+
+def _gan(cls=GAN, num_classes=None, **over):
+    cfg = OmegaConf.merge(OmegaConf.structured(cls.Config), {"generator": MLP, "discriminator": MLP, "z_dim": 2,
+                                                              **over})
+    return cls(cfg, Spec("points", (2,), num_classes))
+
+
+def test_every_discriminator_input_goes_through_the_augmentation(registered):
+    model = _gan(augment="recorder", gp_weight=1.0, r1_weight=1.0)
+    real = torch.randn(6, 2)
+    torch.manual_seed(0)
+    model.discriminator_step(Batch(real), CTX)
+    torch.manual_seed(0)
+    fake = model.generator(torch.randn(6, 2)).detach()  # the D step's first draw: the fakes' noise
+    seen = model.augment.seen
+    assert len(seen) == 4  # real, fake, the gradient penalty's interpolates, R1's reals
+    assert torch.equal(seen[0], real) and torch.allclose(seen[1], fake)
+    alpha = (seen[2] - fake) / (real - fake)  # interpolates: one alpha per sample on the real-fake line
+    assert torch.allclose(alpha[:, 0], alpha[:, 1], atol=1e-4) and ((alpha >= 0) & (alpha <= 1)).all()
+    assert torch.equal(seen[3], real)
+    # G's step: its fakes (and D(real) for losses that need it) go the same way
+    seen.clear()
+    model.generator_step(Batch(real), CTX)
+    assert len(seen) == 1 and seen[0].shape == (6, 2)
+    # lazy R1 too, and the augmentation changes what D scores (x + 100 here)
+    seen.clear()
+    lazy = _gan(augment="recorder", r1_weight=1.0, r1_every=4)
+    lazy.r1_step(Batch(real), CTX)
+    assert len(lazy.augment.seen) == 1 and torch.equal(lazy.augment.seen[0], real)
+    assert torch.allclose(lazy.discriminate(real)[0], lazy.discriminator(real + 100.0))
+    # in eval mode (visuals, heat-maps) D sees its inputs unaugmented
+    lazy.eval()
+    assert torch.allclose(lazy.critic_values(real), lazy.discriminator(real))
+
+
+def test_conditional_wrong_labels_also_pass_through_discriminate(registered):
+    model = _gan(ConditionalGAN, augment="recorder", num_classes=3, d_conditioning="projection",
+                 wrong_label_weight=0.5)
+    model.discriminator_step(Batch(torch.randn(5, 2), torch.tensor([0, 1, 2, 0, 1])), CTX)
+    assert len(model.augment.seen) == 3  # real, fake, real under wrong labels
+
+
+def test_no_variant_may_override_discriminate():
+    with pytest.raises(TypeError, match="heads"):
+        class Bad(GAN):  # noqa: F841 - the class statement itself must fail
+            def discriminate(self, x, cond=None):
+                return self.heads(x, cond)
+
+
+def test_unknown_augmentation_is_a_config_problem():
+    cfg = OmegaConf.merge(OmegaConf.structured(GAN.Config), {"augment": "nope"})
+    assert "unknown model.augment=nope" in GAN.check(cfg, Spec("points", (2,)))
+
+
+def test_after_hooks_get_the_step_logs_and_adaptive_buffers_resume_bit_exactly(registered, tmp_path):
+    over = ["model=gan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", "trainer=debug",
+            "trainer.progress=false", "model.generator.hidden=16", "model.discriminator.hidden=16",
+            "model.augment=adaptive", "model.n_critic=2", "trainer.sample_every=0"]
+    straight, first, second = tmp_path / "straight", tmp_path / "first", tmp_path / "second"
+    train(compose([*over, "trainer.max_steps=6"]), straight)
+    train(compose([*over, "trainer.max_steps=3"]), first)
+    train(compose([*over, "trainer.max_steps=6", f"trainer.resume={first}"]), second)
+    load = lambda d: torch.load(d / "checkpoints" / "last.pt", weights_only=True)  # noqa: E731
+    a, mid, b = load(straight), load(first), load(second)
+    assert int(a["model"]["augment.updates"]) == 6 * 2  # adapt() ran after every D update, none after G's
+    assert int(mid["model"]["augment.updates"]) == 3 * 2
+    p = float(a["model"]["augment.p"])
+    assert 0 <= p <= 1 and p != 0.0  # the logs reached it and moved p
+    assert_same_state(a, b)  # p, the counter and every weight: bit-identical across the resume
+
+
+def test_lazy_r1_rescales_the_discriminators_adam_as_stylegan2(tmp_path):
+    from genlab.engine.trainer import Trainer
+
+    cfg = compose(["model=gan", "dataset=grid25", "dataset.n_train=64", "dataset.n_test=32", "trainer=debug",
+                   "model.r1_weight=1", "model.r1_every=4", "optimizer.lr=0.001", "optimizer.paper={}",
+                   "optimizer.betas=[0.5,0.99]"])
+    from genlab import data as data_lib
+    from genlab.config import build_model
+
+    data = data_lib.build(cfg.dataset)
+    model = build_model(cfg, data.spec)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.setup(model, data)
+    d, g = trainer.optimizers["discriminator"].param_groups[0], trainer.optimizers["generator"].param_groups[0]
+    c = 4 / 5
+    assert d["lr"] == pytest.approx(0.001 * c) and d["betas"] == pytest.approx((0.5 ** c, 0.99 ** c))
+    assert g["lr"] == pytest.approx(0.001) and g["betas"] == pytest.approx((0.5, 0.99))
+    # not lazy: as configured
+    assert _gan(r1_weight=1.0, r1_every=1).optimizer_ratio("discriminator") == 1.0
