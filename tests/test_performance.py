@@ -27,7 +27,9 @@ def test_gan_diagnostics_are_computed_only_where_they_are_written():
     torch.manual_seed(0)
     loss_quiet, quiet = gan.discriminator_step(batch, StepContext(0, log=False))
     assert {"wasserstein", "critic_real", "critic_fake", "gradient_penalty"} <= set(logs)
-    assert set(quiet) == {"gradient_penalty"}  # part of the loss anyway; the diagnostics are not computed
+    # The penalty is part of the loss anyway and augment.adapt reads real_sign at every update; the
+    # diagnostics are not computed.
+    assert set(quiet) == {"gradient_penalty", "real_sign"}
     assert loss_quiet.item() == loss_log.item()  # the objective does not depend on what is logged
 
 
@@ -155,33 +157,41 @@ def test_vae_nll_on_the_inference_copy_matches_the_plain_decoder(tmp_path):
 
 
 def test_nll_cost_estimate_is_said_once_before_the_rest(caplog):
-    from genlab.metrics.likelihood import NLLProgress, cost_line
+    from genlab.metrics.likelihood import CostEstimate, cost_line
 
     assert cost_line(10000, 1000, 0.42, "CPU") == ("NLL on 10,000 test images with k=1000: about 70 min on this CPU; "
                                                    "eval.nll_images=1000 for about 7 min")
     assert cost_line(500, None, 0.01, "GPU") == "NLL on 500 test images: about 5 s on this GPU"
-    moved = []
-
-    class Bar:
-        def update(self, n=1):
-            moved.append(n)
-
-    p = NLLProgress(100, 10, "CPU", Bar())
+    estimate = CostEstimate(100, 10, "CPU")
     with caplog.at_level(logging.INFO, logger="genlab"):
         for done in (5, 50, 100):
-            p(done)
+            estimate(done)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("NLL on 100 test images with k=10")]
-    assert len(lines) == 1 and moved == [5, 45, 50]
+    assert len(lines) == 1 and lines[0] == estimate.estimate
 
 
-def test_progress_bar_draws_on_stderr_only_when_enabled(capsys):
-    from genlab.progress import bar
+def test_genlab_eval_says_the_nll_cost_first(tmp_path):
+    """Through the evaluator: the estimate comes after the first batch, before the rest of the split."""
+    from genlab import data as data_lib
+    from genlab.config import model_class, validate
+    from genlab.metrics.evaluator import Evaluator
+    from genlab.metrics.records import EvalSettings
+    from tests.conftest import make_mnist
 
-    with bar(3, "NLL", unit="img", enabled=False) as b:
-        b.update()
-    assert capsys.readouterr().err == ""
-    with bar(3, "NLL", unit="img", enabled=True) as b:
-        b.update(2)
-        b.update()
-    out = capsys.readouterr()
-    assert out.out == "" and "NLL" in out.err and "3/3" in out.err
+    root = make_mnist(tmp_path / "data", "FashionMNIST", n_train=32, n_test=12)
+    cfg = compose(["model=vae", "dataset=fashion_mnist", f"dataset.root={root}", "dataset.download=false",
+                   "model.encoder.base_channels=4", "model.decoder.base_channels=4", "model.eval_chunk=40"])
+    data = data_lib.build(cfg.dataset, "cpu")
+    vae = model_class(cfg)(validate(cfg), data.spec).eval()
+    seen = []
+    vae_evaluate = vae.evaluate
+
+    def evaluate(*a, on_batch=None, **kw):
+        return vae_evaluate(*a, on_batch=lambda n: (on_batch(n), seen.append((n, on_batch.estimate))), **kw)
+
+    vae.evaluate = evaluate
+    ev = Evaluator(data, EvalSettings(num_samples=4, nll_k=20), metrics=["nll"])
+    entries, _ = ev.evaluate(vae, ["nll"])
+    assert "test_nll_nats" in entries
+    assert seen[0][1] == seen[-1][1] and seen[0][1].startswith("NLL on 12 test images with k=20: about ")
+    assert [n for n, _ in seen] == list(range(2, 13, 2))  # 40 // 20 = 2 images per batch

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import __version__
-from genlab.commands.common import check_writable, load_run, run_folder, user_errors
+from genlab import progress
+from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.config import register_configs
 from genlab.errors import GenlabError
 
@@ -86,6 +88,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
     from genlab.metrics.table import better
 
     t0 = time.perf_counter()
+    progress.configure(cfg.progress)
     if cfg.num_samples is not None and int(cfg.num_samples) < 2:
         raise GenlabError(f"num_samples must be >= 2, got {cfg.num_samples}")
     out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "eval.json"
@@ -102,8 +105,14 @@ def evaluate_run(cfg: DictConfig) -> dict:
     if not groups:
         raise GenlabError(f"none of metrics={metrics} applies to {data.name} / {run.cfg.model.name}; "
                           f"leave metrics unset for all that apply")
-    log.info("evaluating %s (step %d) on %s: %s, %d samples, reference split %s", run.path, run.info["step"],
-             data.name, ", ".join(groups), ev.num_samples, ev.split)
+    from genlab.metrics.table import metric
+
+    draws = any(metric(g).uses_samples for g in groups)
+    log.info("evaluating %s (step %d) on %s: %s, %s, reference split %s", run.path, run.info["step"], data.name,
+             ", ".join(groups), f"{ev.num_samples} samples" if draws else "no samples", ev.split)
+    cost = sampling_cost(run.model, ev.num_samples, int(cfg.batch_size)) if draws else None
+    if cost:
+        print(cost, file=sys.stderr, flush=True)
     entries, samples = ev.evaluate(run.model, groups)
     floor = ev.floor(groups) if cfg.floor else {}
     run_dir = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path.parent
@@ -147,9 +156,9 @@ def evaluate_run(cfg: DictConfig) -> dict:
 
 
 def _log_tb(run_dir: Path, result: dict, grid) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    from genlab.engine.writers import EventWriter
 
-    w = SummaryWriter(str(run_dir / "tb"))
+    w = EventWriter(run_dir / "tb")
     try:
         for r in result["metrics"]:
             if r["value"] is not None and math.isfinite(r["value"]):

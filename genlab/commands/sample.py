@@ -6,6 +6,7 @@ float32 (N, D) for toy data; `labels` int64 (N,) when the model is conditional.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from genlab.commands.common import check_writable, load_run, run_folder, user_errors
+from genlab import progress
+from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
 
 
@@ -31,12 +33,14 @@ def generate(model, n: int, seed: int, batch_size: int = 500, truncation: float 
     if truncation is not None and noise is None:
         noise = truncated_latent(model, n, float(truncation), g)
     out = []
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        z = {"noise": noise[i:i + m]} if noise is not None else {}
-        if labels is not None:
-            z["labels"] = labels[i:i + m].to(dev)
-        out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
+    with progress.bar(n, "sampling", "img") as bar:
+        for i in range(0, n, batch_size):
+            m = min(batch_size, n - i)
+            z = {"noise": noise[i:i + m]} if noise is not None else {}
+            if labels is not None:
+                z["labels"] = labels[i:i + m].to(dev)
+            out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
+            bar.update(m)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -107,14 +111,32 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
-def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor:
-    """Images in [-1, 1] to translate: a split (train/test) of the run's own source domain, or a folder."""
+def npz_images(path: Path) -> torch.Tensor:
+    """Images in [-1, 1] (N, C, H, W) from an .npz holding `images` uint8 (N, H, W, C), what sample writes."""
+    from genlab import safeio
+
+    x = safeio.read_npz(path, {"images": (("u",), 4)})["images"]
+    if x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
+        raise GenlabError(f"{path}: 'images' is {x.dtype} of shape {x.shape}; expected uint8 (N, H, W, C) with "
+                          "C = 1 or 3, as genlab sample writes")
+    return torch.from_numpy(x.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def translation_inputs(run, source: str, direction: str, n: int, given: torch.Tensor | None = None) -> torch.Tensor:
+    """Images in [-1, 1] to translate: a split (train/test) of the run's own source domain, a folder,
+    or `given` (read from an .npz)."""
+    if given is not None:
+        if tuple(given.shape[1:]) != tuple(run.spec.shape):
+            raise GenlabError(f"input={source} holds images of shape {tuple(given.shape[1:])}; this model translates "
+                              f"{tuple(run.spec.shape)}")
+        return given[:n]
     if source in ("train", "test"):
         from genlab import data as data_lib
 
         data = data_lib.build(run.cfg.dataset, seed=int(run.cfg.get("seed", 0)))
         return data.split("a" if direction == "a2b" else "b", source)[:n]
     from genlab.data.images import _load_image, list_images
+    from genlab.data.schema import MAX_PIXELS
 
     folder = Path(source).expanduser()
     if not folder.is_dir():
@@ -123,16 +145,17 @@ def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor
     if not files:
         raise GenlabError(f"no images found under {folder}")
     c, size, _ = run.spec.shape
-    return torch.stack([_load_image(p, c, size) for p in files]).float().div(127.5).sub(1)
+    limit = run.cfg.dataset.get("max_pixels", MAX_PIXELS)
+    return torch.stack([_load_image(p, c, size, limit) for p in files]).float().div(127.5).sub(1)
 
 
-def translate(cfg, run, out: Path) -> Path:
+def translate(cfg, run, out: Path, given: torch.Tensor | None = None) -> Path:
     """genlab sample for image-to-image models: write the translations of input= (and the inputs)."""
     from genlab import viz
 
     if cfg.direction not in ("a2b", "b2a"):
         raise GenlabError(f"direction must be a2b or b2a, got {cfg.direction}")
-    x = translation_inputs(run, str(cfg.input or "test"), cfg.direction, int(cfg.num_samples))
+    x = translation_inputs(run, str(cfg.input or "test"), cfg.direction, int(cfg.num_samples), given)
     y = run.model.translate(x, cfg.direction, batch_size=int(cfg.batch_size))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -175,6 +198,7 @@ def main(cfg: DictConfig) -> None:
 
 def sample(cfg: DictConfig) -> Path:
     """The `genlab sample` command."""
+    progress.configure(cfg.progress)
     if cfg.num_samples < 1:
         raise GenlabError(f"num_samples must be >= 1, got {cfg.num_samples}")
     out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "samples" / "sample.png"
@@ -184,9 +208,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    source = str(cfg.get("input") or "")
+    given = npz_images(Path(source).expanduser()) if source.endswith(".npz") else None  # a bad file: one line first
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
     if run.model.translates:
-        return translate(cfg, run, out)
+        return translate(cfg, run, out, given)
     if cfg.get("input") is not None:
         raise GenlabError("input= is for image-to-image models (cyclegan); this model samples from noise")
     kwargs = {}
@@ -204,6 +230,9 @@ def sample(cfg: DictConfig) -> Path:
         labels = parse_labels(cfg.get("labels"), n, run.spec.num_classes)
     elif cfg.get("labels") is not None:
         raise GenlabError("labels= needs a class-conditional model (cgan, acgan)")
+    cost = sampling_cost(run.model, n, int(cfg.batch_size))
+    if cost:
+        print(cost, file=sys.stderr, flush=True)
     if mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from genlab import progress
 from genlab.errors import GenlabError
 from genlab.metrics import feature_stats, nearest_neighbours
 from genlab.metrics._distance import kth_neighbour_distance
@@ -185,13 +186,15 @@ class Evaluator:
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
         out = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                progress.bar(n, "sampling", "img") as bar:
             torch.manual_seed(self.seed)
             batch = self.settings.batch_size
             for i in range(0, n, batch):
                 m = min(batch, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
                 out.append(model.sample(m, generator=g, **kw).float().cpu())
+                bar.update(m)
         return torch.cat(out), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
@@ -219,7 +222,10 @@ class Evaluator:
     def evaluate(self, model, groups: list[str] | None = None) -> tuple[dict[str, Entry], torch.Tensor]:
         """Metrics of the model's samples (and its own held-out likelihood); returns (entries, samples)."""
         groups = groups or self.groups(model)
-        x, labels = self.samples(model)
+        if any(metric(g).uses_samples for g in groups):
+            x, labels = self.samples(model)
+        else:  # e.g. metrics=[nll]: the model's own likelihood, no samples to draw
+            x, labels = torch.empty(0), None
         return self.score(x, groups, labels, model=model), x
 
     def floor(self, groups: list[str]) -> dict[str, Entry]:

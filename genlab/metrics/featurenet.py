@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genlab import progress, safeio
 from genlab.errors import GenlabError
 from genlab.metrics.refcache import cache_root, module_digest
 
@@ -106,10 +107,12 @@ class FeatureNet:
         """Features (N, D) float32 and softmax (N, K) of images in [-1, 1] (N, C, H, W), on CPU."""
         dev = next(self.net.parameters()).device
         feats, probs = [], []
-        for i in range(0, len(x), batch_size):
-            f = self.net.features(x[i:i + batch_size].to(dev).float())
-            feats.append(f.cpu())
-            probs.append(F.softmax(self.net.head(f), 1).cpu())
+        with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
+            for i in range(0, len(x), batch_size):
+                f = self.net.features(x[i:i + batch_size].to(dev).float())
+                feats.append(f.cpu())
+                probs.append(F.softmax(self.net.head(f), 1).cpu())
+                bar.update(len(f))
         return torch.cat(feats), torch.cat(probs)
 
 
@@ -157,7 +160,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
     steps = max(1, -(-len(x) // recipe.batch_size)) * recipe.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), progress.bar(steps, f"training feature network {recipe.id}", "step") as bar:
         torch.manual_seed(recipe.seed)  # dropout masks
         for epoch in range(recipe.epochs):
             net.train()
@@ -171,6 +174,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
                 loss.backward()
                 opt.step()
                 sched.step()
+                bar.update()
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             log.info("featurenet %s: epoch %d/%d, train loss %.4f (%.0fs)", recipe.id, epoch + 1,
@@ -180,6 +184,28 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
     return net.cpu().eval(), acc
 
 
+def _cached(path: Path, recipe: Recipe) -> FeatureNet | None:
+    """The cached network of this recipe, or None (and a warning) when the file is not one: it is retrained."""
+    try:
+        state = safeio.load_tensors(path, "feature network")
+    except GenlabError as e:
+        log.warning("%s; retraining it", e)
+        return None
+    if not isinstance(state, dict) or state.get("digest") != recipe.digest():
+        log.warning("featurenet cache %s does not match its recipe; retraining", path)
+        return None
+    c, h, _ = recipe.shape
+    net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim)
+    try:
+        net.load_state_dict(state["weights"])
+        accuracy = float(state["test_accuracy"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        log.warning("featurenet cache %s has the recipe's digest but not its weights (%s); retraining", path,
+                    str(e).splitlines()[0][:200])
+        return None
+    return FeatureNet(net, recipe, accuracy, path)
+
+
 def load_or_train(data, recipe: Recipe | None = None, cache: str | Path | None = None, device="cpu",
                   retrain: bool = False) -> FeatureNet:
     """The cached network for this recipe, training (and caching) it first if there is none."""
@@ -187,13 +213,9 @@ def load_or_train(data, recipe: Recipe | None = None, cache: str | Path | None =
     folder = cache_dir(str(cache) if cache else None)
     path = folder / f"{recipe.id}.pt"
     if path.is_file() and not retrain:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("digest") == recipe.digest():
-            c, h, _ = recipe.shape
-            net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim)
-            net.load_state_dict(state["weights"])
-            return FeatureNet(net, recipe, state["test_accuracy"], path).to(device)
-        log.warning("featurenet cache %s does not match its recipe; retraining", path)
+        cached = _cached(path, recipe)
+        if cached is not None:
+            return cached.to(device)
     log.info("training feature network %s on %s (%d images, %d epochs); cached at %s", recipe.id,
              recipe.dataset, recipe.n_train, recipe.epochs, path)
     net, acc = train(data, recipe, device)
@@ -215,14 +237,18 @@ class InceptionNet:
     name = "inception"
 
     def __init__(self, weights_path: str, device="cpu"):
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError:
-            raise GenlabError("eval.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
         p = Path(os.path.expanduser(str(weights_path)))
         if not p.is_file():
             raise GenlabError(f"eval.inception_weights={p} does not exist; give the path of "
                               "pt_inception-2015-12-05-6726825d.pth or leave it null")
+        # Read once here with weights_only, whatever torch-fidelity's own torch.load does with it.
+        weights = safeio.load_tensors(p, "eval.inception_weights")
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise GenlabError(f"eval.inception_weights={p} is not a state dict of tensors")
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError:
+            raise GenlabError("eval.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(p)).to(device).eval()
         self.id = f"inception-v3-compat:{p.name}"
@@ -237,11 +263,13 @@ class InceptionNet:
         """2048-d pool features and softmax of the 1008 logits for images in [-1, 1]."""
         dev = next(self.net.parameters()).device
         feats, probs = [], []
-        for i in range(0, len(x), batch_size):
-            xb = ((x[i:i + batch_size].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            if xb.shape[1] == 1:
-                xb = xb.expand(-1, 3, -1, -1)
-            f, logits = self.net(xb.to(dev))
-            feats.append(f.float().cpu())
-            probs.append(F.softmax(logits.double(), 1).float().cpu())
+        with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
+            for i in range(0, len(x), batch_size):
+                xb = ((x[i:i + batch_size].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                if xb.shape[1] == 1:
+                    xb = xb.expand(-1, 3, -1, -1)
+                f, logits = self.net(xb.to(dev))
+                feats.append(f.float().cpu())
+                probs.append(F.softmax(logits.double(), 1).float().cpu())
+                bar.update(len(xb))
         return torch.cat(feats), torch.cat(probs)

@@ -17,8 +17,9 @@ import torch
 
 from genlab.metrics.records import Entry, Scoring
 from genlab.pixels import PIXEL_BIN, from_levels, to_levels
+from genlab.progress import duration
 
-__all__ = ["LOG2", "NLLProgress", "PIXEL_BIN", "bits_per_dim", "cost_line", "dequantization_nats", "dequantize",
+__all__ = ["CostEstimate", "LOG2", "PIXEL_BIN", "bits_per_dim", "cost_line", "dequantization_nats", "dequantize",
            "dequantize_pixels", "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd",
            "nats_to_bits_per_dim", "to_levels"]
 
@@ -77,29 +78,20 @@ def dequantized_bits_per_dim(log_prob_y: torch.Tensor, num_dims: int, n_bits: in
 log = logging.getLogger("genlab")
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def cost_line(total: int, k: int | None, seconds_per_image: float, device: str, subset: int = 1000) -> str:
     """The estimate said before a long NLL evaluation: its cost and a smaller eval.nll_images's."""
     with_k = f" with k={k}" if k else ""
-    line = f"NLL on {total:,} test images{with_k}: about {_duration(total * seconds_per_image)} on this {device}"
+    line = f"NLL on {total:,} test images{with_k}: {duration(total * seconds_per_image)} on this {device}"
     if total > subset:
-        line += f"; eval.nll_images={subset} for about {_duration(subset * seconds_per_image)}"
+        line += f"; eval.nll_images={subset} for {duration(subset * seconds_per_image)}"
     return line
 
 
-class NLLProgress:
-    """The NLL evaluation's progress callback: says its cost once the first batch is timed, moves a bar."""
+class CostEstimate:
+    """The NLL evaluation's on_batch callback: says the whole evaluation's cost once its first batch is timed."""
 
-    def __init__(self, total: int, k: int | None, device: str, bar):
-        self.total, self.k, self.device, self.bar = total, k, device, bar
-        self.done = 0
+    def __init__(self, total: int, k: int | None, device: str):
+        self.total, self.k, self.device = total, k, device
         self.started = time.perf_counter()
         self.estimate: str | None = None
 
@@ -108,21 +100,16 @@ class NLLProgress:
             per = (time.perf_counter() - self.started) / max(done, 1)
             self.estimate = cost_line(self.total, self.k, per, self.device)
             log.info(self.estimate)
-        self.bar.update(done - self.done)
-        self.done = done
 
 
 def score(s: Scoring) -> dict[str, Entry]:
     """The model's own held-out NLL (nats, bits/dim, ELBO terms), with its protocol kept beside the numbers."""
-    from genlab.progress import bar
-
     data, cfg = s.ev.data, s.ev.settings
     limit = min(cfg.nll_images or len(data.raw("test")), len(data.raw("test")))
     k = (cfg.nll_k or s.model.eval_k()) if s.model.eval_k() is not None else None
     dev = next(s.model.parameters()).device
-    with bar(limit, "NLL", unit="img") as b:
-        progress = NLLProgress(limit, k, "GPU" if dev.type == "cuda" else dev.type.upper(), b)
-        res = s.model.evaluate(data, limit=limit, k=cfg.nll_k, progress=progress)
+    estimate = CostEstimate(limit, k, "GPU" if dev.type == "cuda" else dev.type.upper())
+    res = s.model.evaluate(data, limit=limit, k=cfg.nll_k, on_batch=estimate)
     # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a float).
     protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
     n = int(res.get("eval_images", len(data.raw("test"))))

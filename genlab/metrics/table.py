@@ -47,7 +47,8 @@ METRICS: tuple[Metric, ...] = (
            "genlab.metrics.memorization:score", settings=("memorization_samples",)),
     Metric("nll", {"test_nll_nats": "lower", "test_bits_per_dim": "lower", "test_neg_elbo_nats": "lower",
                    "test_elbo_bits_per_dim": "lower", "test_kl_nats": ""}, "cheap", likelihood_model,
-           "genlab.metrics.likelihood:score", floor=False, settings=("nll_images", "nll_k")),
+           "genlab.metrics.likelihood:score", floor=False, settings=("nll_images", "nll_k"),
+           uses_samples=False),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

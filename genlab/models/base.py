@@ -86,6 +86,10 @@ class Model(nn.Module):
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
 
+    def sample_seconds(self, n: int) -> float | None:
+        """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
+        return None
+
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
         return None
@@ -102,11 +106,11 @@ class Model(nn.Module):
         return {"samples": viz.grid(x, nrow=fixed.get("nrow"))}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit: int | None = None, k: int | None = None, progress=None) -> dict[str, float]:
+    def evaluate(self, data, *, limit: int | None = None, k: int | None = None, on_batch=None) -> dict[str, float]:
         """Held-out metrics the model can compute itself (e.g. test NLL); {} for GANs.
 
         limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting;
-        progress: called with the number of test examples done after each batch.
+        on_batch: called with the number of test examples done after each batch.
         """
         return {}
 
