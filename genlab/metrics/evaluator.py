@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from genlab import progress
 from genlab.errors import GenlabError
 from genlab.metrics import feature_stats, nearest_neighbours
 from genlab.metrics._distance import kth_neighbour_distance
@@ -185,13 +186,15 @@ class Evaluator:
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
         out = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                progress.bar(n, "sampling", "img") as bar:
             torch.manual_seed(self.seed)
             batch = self.settings.batch_size
             for i in range(0, n, batch):
                 m = min(batch, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
-                out.append(model.sample(m, generator=g, **kw).float().cpu())
+                out.append(model.sample(m, generator=g, **kw, **self.settings.sampling).float().cpu())
+                bar.update(m)
         return torch.cat(out), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
@@ -219,11 +222,15 @@ class Evaluator:
     def evaluate(self, model, groups: list[str] | None = None) -> tuple[dict[str, Entry], torch.Tensor]:
         """Metrics of the model's samples (and its own held-out likelihood); returns (entries, samples)."""
         groups = groups or self.groups(model)
-        x, labels = self.samples(model)
+        if any(metric(g).uses_samples for g in groups):
+            x, labels = self.samples(model)
+        else:  # e.g. metrics=[nll]: the model's own likelihood, no samples to draw
+            x, labels = torch.empty(0), None
         return self.score(x, groups, labels, model=model), x
 
-    def floor(self, groups: list[str]) -> dict[str, Entry]:
-        """The same metrics for real held-out data (the other split) at the same sample count."""
+    def floor(self, groups: list[str], blur: float | None = None) -> dict[str, Entry]:
+        """The same metrics for real held-out data (the other split) at the same sample count; blurred by a
+        Gaussian of `blur` pixels when given (a floor that tells sharp samples from blurry ones)."""
         held = self._split_x(self.heldout)
         n = min(self.num_samples, len(held))
         g = torch.Generator().manual_seed(self.seed + 3)
@@ -236,6 +243,10 @@ class Evaluator:
             cpu = idx.cpu()
             return f["feats"][cpu], (f["probs"][cpu] if "probs" in f else None)
 
+        if blur:
+            from genlab.pixels import gaussian_blur
+
+            x, embedded = gaussian_blur(x, blur), None
         return self.score(x, [g_ for g_ in groups if metric(g_).floor], y[idx].cpu() if y is not None else None,
                           embedded)
 
