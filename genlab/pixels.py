@@ -18,3 +18,15 @@ def to_levels(x: torch.Tensor, n_bits: int = 8) -> torch.Tensor:
 def from_levels(k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """8-bit levels (integers, or levels plus dequantisation noise) to images in [-1, 1]."""
     return k.to(dtype) / 127.5 - 1  # as the data pipeline does, so round trips are exact
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Images (N, C, H, W) convolved per channel with a Gaussian of `sigma` pixels (kernel to 3 sigma, reflected edges)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    out = torch.nn.functional.conv2d(pad, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

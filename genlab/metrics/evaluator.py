@@ -193,7 +193,7 @@ class Evaluator:
             for i in range(0, n, batch):
                 m = min(batch, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
-                out.append(model.sample(m, generator=g, **kw).float().cpu())
+                out.append(model.sample(m, generator=g, **kw, **self.settings.sampling).float().cpu())
                 bar.update(m)
         return torch.cat(out), labels
 
@@ -228,8 +228,9 @@ class Evaluator:
             x, labels = torch.empty(0), None
         return self.score(x, groups, labels, model=model), x
 
-    def floor(self, groups: list[str]) -> dict[str, Entry]:
-        """The same metrics for real held-out data (the other split) at the same sample count."""
+    def floor(self, groups: list[str], blur: float | None = None) -> dict[str, Entry]:
+        """The same metrics for real held-out data (the other split) at the same sample count; blurred by a
+        Gaussian of `blur` pixels when given (a floor that tells sharp samples from blurry ones)."""
         held = self._split_x(self.heldout)
         n = min(self.num_samples, len(held))
         g = torch.Generator().manual_seed(self.seed + 3)
@@ -242,6 +243,10 @@ class Evaluator:
             cpu = idx.cpu()
             return f["feats"][cpu], (f["probs"][cpu] if "probs" in f else None)
 
+        if blur:
+            from genlab.pixels import gaussian_blur
+
+            x, embedded = gaussian_blur(x, blur), None
         return self.score(x, [g_ for g_ in groups if metric(g_).floor], y[idx].cpu() if y is not None else None,
                           embedded)
 
