@@ -207,7 +207,9 @@ def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         sample(cfg)
 
 

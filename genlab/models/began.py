@@ -63,9 +63,9 @@ class BEGAN(AutoEncoderGAN):
         return self.loss.discriminator(real.d, fake.d, self.k)
 
     def discriminator_terms(self, real: Side, fake: Side, batch):
-        """No extra loss; the k_t this step used and the convergence measure, as logs."""
+        """No extra loss; the energies k_t's controller reads (at every update), k_t and M_global, as logs."""
         r, f = real.d.detach().float().mean(), fake.d.detach().float().mean()
-        return 0.0, {"k": self.k.clone(), "M_global": convergence(r, f, self.cfg.gamma)}
+        return 0.0, {"energy_real": r, "energy_fake": f, "k": self.k.clone(), "M_global": convergence(r, f, self.cfg.gamma)}
 
     def after_discriminator(self, logs: dict) -> None:
         """After each D update: the template's hooks, then k_t's controller step on that update's energies."""

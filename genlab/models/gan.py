@@ -229,8 +229,9 @@ class GAN(Model):
         fake_x = fake_x.detach()
         fake = Side(fake_x, fake_cond, *self.discriminate(fake_x, fake_cond))
         loss = self.discriminator_loss(real, fake)
-        logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float())
-        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt
+        # What D believes costs a few reductions per update: measured only where it is written.
+        logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float()) if ctx.log else {}
+        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt at every update
         logs["real_sign"] = real.d.detach().float().sign().mean()
         logs.update(self.augment.stats())
         extra, more = self.discriminator_terms(real, fake, batch)
