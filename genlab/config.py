@@ -49,6 +49,7 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
+    max_time_clock: str = "wall"
     eval_every_time: Optional[str] = None
     checkpoint_every_time: Optional[str] = None
     objective: Optional[str] = None
@@ -200,6 +201,7 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     for k in ("max_time", "eval_every_time", "checkpoint_every_time"):
         parse_duration(t.get(k), f"trainer.{k}")
+    _check(t.max_time_clock in ("wall", "cpu"), f"trainer.max_time_clock must be wall or cpu, got {t.max_time_clock}")
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")

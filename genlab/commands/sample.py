@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from genlab import progress
+from genlab.commands import ex_post
 from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
 
@@ -222,6 +223,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    prior = cfg.get("prior")
+    ex_post.check_prior(prior, cfg.get("prior_components", 10))
+    if prior == "gmm" and (mode != "grid" or cfg.get("truncation") is not None or cfg.get("temperature") is not None):
+        raise GenlabError("prior=gmm draws latents from the fitted mixture: use it with mode=grid, without "
+                          "truncation= or temperature=")
     source = str(cfg.get("input") or "")
     given = npz_images(Path(source).expanduser()) if source.endswith(".npz") else None  # a bad file: one line first
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
@@ -248,7 +254,9 @@ def sample(cfg: DictConfig) -> Path:
     cost = sampling_cost(run.model, n, int(cfg.batch_size))
     if cost:
         print(cost, file=sys.stderr, flush=True)
-    if mode == "grid":
+    if prior == "gmm":
+        x = ex_post.gmm_samples(run, n, int(cfg.prior_components), int(cfg.seed), int(cfg.batch_size))
+    elif mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:

@@ -104,6 +104,8 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
+        self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
         # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
         # per second get curves with points at the same training times (genlab zoo) and lose at most
         # that much training when interrupted.
@@ -192,7 +194,7 @@ class Trainer:
 
     def train_time(self) -> float:
         """Seconds this run has trained (periodic evaluation excluded), earlier segments included."""
-        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.elapsed + (self.clock() - self.started if self.started is not None else 0.0)
 
     def out_of_time(self) -> bool:
         """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
@@ -280,7 +282,7 @@ class Trainer:
         """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
-        self.started = tick
+        self.started = self.clock()
         self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
         if self.step == 0 and t.sample_every:
             self.log_images()
@@ -415,11 +417,11 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        t0, trained = time.perf_counter(), self.train_time()
+        t0, c0, trained = time.perf_counter(), self.clock(), self.train_time()
         metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
         if not self.dist.is_main:
             self.keep_best(metrics)  # best.pt's save is a collective every rank joins
-            self._after_eval(metrics, t0)
+            self._after_eval(metrics, c0)
             return metrics
         seconds = time.perf_counter() - t0
         self.eval_seconds += seconds
@@ -437,15 +439,15 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
-        self._after_eval(metrics, t0)
+        self._after_eval(metrics, c0)
         return metrics
 
-    def _after_eval(self, metrics: dict, t0: float) -> None:
+    def _after_eval(self, metrics: dict, c0: float) -> None:
         self.last_eval = {"step": self.step, **metrics}
         if self.started is not None:
             # Evaluation is outside the max_time budget: a fast model evaluates more often per second
             # of training and must not lose training time for it.
-            self.started += time.perf_counter() - t0
+            self.started += self.clock() - c0
 
     def _evaluate(self) -> dict:
         with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):

@@ -40,6 +40,9 @@ class Model(nn.Module):
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
     accepts_temperature: bool = False
+    #: an auto-encoder: codes(x) gives the latent codes of data and decode(z) data again, so an ex-post
+    #: prior can be fitted to the codes (genlab sample prior=gmm)
+    encodes: bool = False
     #: the sampler settings sample() takes (`genlab sample steps= eta= guidance=`): diffusion models
     sample_options: tuple = ()
     #: the trainer's cap on sampling steps around its periodic pictures and evaluation (None: no cap)

@@ -137,6 +137,10 @@ class GAN(Model):
         """How D's heads turn (x, cond) into (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
+    def generator_needs_data(self) -> bool:
+        """Whether the generator step draws a real batch (the loss uses D(real); the AAE encodes it)."""
+        return self.loss.generator_needs_real
+
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
         """Extra terms of D's loss (0 and no logs here)."""
         return 0.0, {}
@@ -183,7 +187,7 @@ class GAN(Model):
         if lazy_r1(self.cfg):
             steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=self._clip))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
-                          needs_data=self.loss.generator_needs_real))
+                          needs_data=self.generator_needs_data()))
         return steps
 
     def latent(self, n, generator=None):
