@@ -18,3 +18,8 @@ def to_levels(x: torch.Tensor, n_bits: int = 8) -> torch.Tensor:
 def from_levels(k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     """8-bit levels (integers, or levels plus dequantisation noise) to images in [-1, 1]."""
     return k.to(dtype) / 127.5 - 1  # as the data pipeline does, so round trips are exact
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to their 8-bit levels as uint8 (PNG, NPZ, Inception's input)."""
+    return to_levels(x).to(torch.uint8)

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from genlab.commands.common import check_writable, load_run, run_folder, user_errors
 from genlab.errors import GenlabError
+from genlab.pixels import from_levels, to_uint8
 
 
 @torch.no_grad()
@@ -25,19 +26,13 @@ def generate(model, n: int, seed: int, batch_size: int = 500, truncation: float 
 
     truncation=t draws the latent batch with every |z_i| > t redrawn (the truncation trick); noise
     gives the latent batch outright (interpolations, traversals); labels (n,) are split like noise."""
-    dev = next(model.parameters()).device
-    g = torch.Generator(dev).manual_seed(int(seed))
+    from genlab.sampling import batched_samples
+
+    g = torch.Generator(next(model.parameters()).device).manual_seed(int(seed))
     torch.manual_seed(int(seed))
     if truncation is not None and noise is None:
         noise = truncated_latent(model, n, float(truncation), g)
-    out = []
-    for i in range(0, n, batch_size):
-        m = min(batch_size, n - i)
-        z = {"noise": noise[i:i + m]} if noise is not None else {}
-        if labels is not None:
-            z["labels"] = labels[i:i + m].to(dev)
-        out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
+    return batched_samples(model, n, seed, batch_size, generator=g, noise=noise, labels=labels, **kwargs)
 
 
 def _latent(model, n: int, g: torch.Generator) -> torch.Tensor:
@@ -123,7 +118,7 @@ def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor
     if not files:
         raise GenlabError(f"no images found under {folder}")
     c, size, _ = run.spec.shape
-    return torch.stack([_load_image(p, c, size) for p in files]).float().div(127.5).sub(1)
+    return from_levels(torch.stack([_load_image(p, c, size) for p in files]))
 
 
 def translate(cfg, run, out: Path) -> Path:
@@ -148,7 +143,7 @@ def translate(cfg, run, out: Path) -> Path:
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(x).permute(0, 2, 3, 1).numpy()
 
 
 def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int | None = None,
