@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.data.schema import DatasetConfig
 from genlab.errors import GenlabError
 
-__all__ = ["DatasetConfig", "TrainConfig", "build_model", "model_class", "register_configs", "typed_model_config",
+__all__ = ["DatasetConfig", "TrainConfig", "attach_first_stage", "build_model", "model_class", "register_configs", "typed_model_config",
            "validate"]
 
 
@@ -124,6 +124,40 @@ def build_model(cfg: DictConfig, spec):
     return model_class(cfg)(typed_model_config(cfg), spec)
 
 
+def attach_first_stage(cfg: DictConfig) -> dict | None:
+    """For a model trained on another run's model (first_stage_key, e.g. a VQ-VAE's prior): check that
+    run holds the right model on data of this shape, copy its model config into cfg.model (so this run's
+    folder rebuilds the whole model by itself) and return its weights; None for every other model."""
+    cls = model_class(cfg)
+    key = cls.first_stage_key
+    if key is None:
+        return None
+    where = cfg.model.get(key)
+    if not where:
+        raise GenlabError(f"model={cfg.model.get('name')} needs model.{key}: the run folder of a trained "
+                          f"{cls.first_stage_model.__name__} (genlab train model={cls.first_stage_model.Config.name})")
+    from genlab.data import expected_spec
+    from genlab.engine import checkpoint as ckpt
+
+    state = ckpt.load(ckpt.resolve(where))
+    first = OmegaConf.create(state.get("config") or {})
+    try:
+        first_cls = model_class(first)
+    except GenlabError:
+        first_cls = None
+    if first_cls is None or not issubclass(first_cls, cls.first_stage_model):
+        name = OmegaConf.select(first, "model.name", default="unknown")
+        raise GenlabError(f"model.{key}={where} is a run of model={name}, not a {cls.first_stage_model.__name__}; "
+                          f"give the folder of a run of genlab train model={cls.first_stage_model.Config.name}")
+    spec, s = expected_spec(cfg.dataset), state.get("spec") or {}
+    if (s.get("kind"), tuple(s.get("shape", ()))) != (spec.kind, tuple(spec.shape)):
+        raise GenlabError(f"model.{key}={where} was trained on {s.get('kind')} of shape {tuple(s.get('shape', ()))}, "
+                          f"this dataset gives {spec.kind} of shape {tuple(spec.shape)}; use the same dataset settings")
+    with open_dict(cfg):
+        cfg.model[cls.first_stage_config] = first.model
+    return state["model"]
+
+
 def _omegaconf_message(e: OmegaConfBaseException) -> str:
     key = getattr(e, "full_key", None) or ""
     first = str(e).strip().splitlines()[0]
@@ -172,6 +206,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     from genlab.data import expected_spec
 
     spec = expected_spec(cfg.dataset)
+    attach_first_stage(cfg)
     mcfg = typed_model_config(cfg)
     problem = model_class(cfg).check(mcfg, spec)
     _check(problem is None, f"{problem}")

@@ -7,17 +7,23 @@ pre-flight checks answer before Hydra starts, so each takes a fraction of a seco
 
 from __future__ import annotations
 
+import gzip
+import io
 import logging
 import os
+import pickle
+import struct
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from genlab import cli
 from genlab.commands.train import train
-from tests.conftest import compose, run_cli
+from tests.conftest import compose, make_mnist, run_cli, write_idx
 
 TOY = ["dataset=grid25", "trainer=debug", "trainer.progress=false", "dataset.n_train=500", "dataset.n_test=100"]
 
@@ -47,7 +53,87 @@ def lab(tmp_path_factory) -> Path:
     Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "bad_images" / "ok.png")
     (root / "bad_images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
     (root / "a_file").write_text("a regular file")
+    make_bad_files(root)
     return root
+
+
+MARKER = "code_ran"  # a crafted file that runs code creates this file in the lab: it must never appear
+
+
+class _RunsCode:
+    """Pickles to a call of os.system, what a crafted data file would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def cifar_batch(n: int = 10, seed: int = 0) -> dict:
+    """A CIFAR-10 python batch as the dataset ships it (a dict of data, labels, filenames)."""
+    rng = np.random.default_rng(seed)
+    return {"batch_label": "training batch", "labels": [int(v) for v in rng.integers(0, 10, n)],
+            "data": rng.integers(0, 256, (n, 3072)).astype(np.uint8), "filenames": [f"{i}.png" for i in range(n)]}
+
+
+def write_cifar(root: Path, first=None) -> Path:
+    """root/cifar-10-batches-py with six tiny batches; `first` replaces data_batch_1's content."""
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
+        with open(d / name, "wb") as f:
+            pickle.dump(first if (i == 0 and first is not None) else cifar_batch(seed=i), f, protocol=2)
+    return root
+
+
+def tiny_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height pixels, with one row of data (a decompression bomb's shape)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def make_bad_files(root: Path) -> None:
+    """Dataset files whose content is not what they claim, each in its own folder of the lab."""
+    from PIL import Image
+
+    write_cifar(root / "cifar_evil", first=_RunsCode(root / MARKER))
+    write_cifar(root / "cifar_shape", first={**cifar_batch(), "data": np.zeros((10, 100), np.uint8)})
+    write_cifar(root / "cifar_labels", first={**cifar_batch(), "labels": [42] * 10})
+    write_cifar(root / "cifar_list", first=[1, 2, 3])
+    write_cifar(root / "cifar_junk").joinpath("cifar-10-batches-py", "test_batch").write_bytes(os.urandom(500))
+    raw = "MNIST/raw/train-images-idx3-ubyte.gz"
+    for name in ("idx_magic", "idx_truncated", "idx_dims", "idx_count"):
+        make_mnist(root / name)
+    with gzip.open(root / "idx_magic" / raw, "wb") as f:
+        f.write(b"\x08\x03\x00\x00" + os.urandom(100))
+    body = (root / "idx_truncated" / raw).read_bytes()
+    (root / "idx_truncated" / raw).write_bytes(body[: len(body) // 2])
+    write_idx(root / "idx_dims" / raw, np.zeros((64, 28 * 28), np.uint8))
+    write_idx(root / "idx_count" / raw, np.zeros((63, 28, 28), np.uint8))
+    make_mnist(root / "idx_plain")
+    plain = root / "idx_plain" / "MNIST" / "raw"
+    for p in plain.glob("*.gz"):  # uncompressed files, the last 7 bytes of one image file missing
+        p.with_suffix("").write_bytes(gzip.decompress(p.read_bytes()))
+        p.unlink()
+    plain.joinpath("t10k-images-idx3-ubyte").write_bytes(plain.joinpath("t10k-images-idx3-ubyte").read_bytes()[:-7])
+    for name in ("bomb", "escape", "truncated_jpeg", "text_as_jpeg", "one_image"):
+        (root / name).mkdir()
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(root / name / "ok.png")
+    (root / "bomb" / "huge.png").write_bytes(tiny_png(60000, 60000))
+    (root / "outside.png").write_bytes((root / "bomb" / "ok.png").read_bytes())
+    (root / "escape" / "link.png").symlink_to(root / "outside.png")
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buf, "JPEG")
+    (root / "truncated_jpeg" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (root / "text_as_jpeg" / "notes.jpg").write_text("these are my notes, not a photo")
+    (root / "garbage.npz").write_bytes(b"PK\x03\x04" + os.urandom(300))
+    np.savez(root / "objects.npz", images=np.array([{"a": 1}], dtype=object))
+    with open(root / "single.npz", "wb") as f:
+        np.save(f, np.zeros((2, 8, 8, 3), np.uint8))
+    np.savez(root / "floats.npz", images=np.zeros((2, 8, 8, 3), np.float32))
 
 
 RUN = "gan_run"
@@ -98,6 +184,41 @@ CASES = {
                                     "no images found"),
     "image_folder corrupt image": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=bad_images"],
                                    "cannot read image"),
+    # ---- train: dataset files that are not what they claim (read before any run folder) ------------
+    "cifar10 batch runs code": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=cifar_evil",
+                                 "dataset.download=false"], "asks to run posix.system while being read: refused"),
+    "cifar10 batch of another shape": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=cifar_shape",
+                                        "dataset.download=false"], "'data' is uint8 (10, 100), not uint8 N x 3072"),
+    "cifar10 labels out of range": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=cifar_labels",
+                                     "dataset.download=false"], "'labels' are not class numbers 0..9"),
+    "cifar10 batch of junk": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=cifar_junk",
+                               "dataset.download=false"], "test_batch is corrupt or not a pickle"),
+    "cifar10 batch not a dict": (["train", "model=dcgan", "dataset=cifar10", "dataset.root=cifar_list",
+                                  "dataset.download=false"], "it holds a list, not a dict"),
+    "idx bad magic": (["train", "dataset=mnist", "dataset.root=idx_magic", "dataset.download=false"],
+                      "train-images-idx3-ubyte.gz is not an IDX file (bad magic number"),
+    "idx truncated gzip": (["train", "dataset=mnist", "dataset.root=idx_truncated", "dataset.download=false"],
+                           "train-images-idx3-ubyte.gz is truncated or corrupt"),
+    "idx truncated body": (["train", "dataset=mnist", "dataset.root=idx_plain", "dataset.download=false"],
+                           "t10k-images-idx3-ubyte has 25097 bytes but its header 32x28x28 needs 25104 (truncated)"),
+    "idx not 28x28 images": (["train", "dataset=mnist", "dataset.root=idx_dims", "dataset.download=false"],
+                             "holds 64x784 values, not N images of 28x28"),
+    "idx images and labels differ": (["train", "dataset=mnist", "dataset.root=idx_count", "dataset.download=false"],
+                                     "has 63 images but"),
+    "image_folder pixel bomb": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=bomb"],
+                                "huge.png is 60000x60000 = 3600000000 pixels, over dataset.max_pixels=16777216"),
+    "image_folder over a lowered limit": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=one_image",
+                                           "dataset.max_pixels=10"], "ok.png is 8x8 = 64 pixels, over dataset.max_pixels=10"),
+    "max_pixels not a number": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=bomb",
+                                 "dataset.max_pixels=many"], "max_pixels"),
+    "unpaired domain symlink out": (["train", "model=cyclegan", "dataset=unpaired_folders", "dataset.domain_a.path=escape",
+                                     "dataset.domain_b.path=text_as_jpeg"], "link.png is a symlink to"),
+    "image_folder symlink out": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=escape"],
+                                 "link.png is a symlink to"),
+    "image_folder truncated jpeg": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=truncated_jpeg"],
+                                    "cut.jpg (OSError: image file is truncated"),
+    "image_folder text named .jpg": (["train", "model=dcgan", "dataset=image_folder", "dataset.path=text_as_jpeg"],
+                                     "notes.jpg (not an image PIL can identify)"),
     "unpaired without paths": (["train", "model=cyclegan", "dataset=unpaired_folders"],
                                "needs dataset.domain_a.path"),
     # ---- train: resume ---------------------------------------------------------------------------
@@ -146,6 +267,10 @@ CASES = {
     "sample zero batch": (["sample", f"run={RUN}", "batch_size=0"], "batch_size must be >= 1"),
     "sample zero nrow": (["sample", f"run={RUN}", "nrow=0"], "nrow must be >= 1"),
     "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "steps=1"], "steps must be >= 2"),
+    "sample garbage npz": (["sample", f"run={RUN}", "input=garbage.npz"], "garbage.npz is corrupt or not an NPZ file"),
+    "sample pickled npz": (["sample", f"run={RUN}", "input=objects.npz"], "objects.npz holds pickled objects: refused"),
+    "sample npy as npz": (["sample", f"run={RUN}", "input=single.npz"], "single.npz is a single .npy array"),
+    "sample float npz": (["sample", f"run={RUN}", "input=floats.npz"], "array 'images' is float32 of shape (2, 8, 8, 3)"),
     "sample bad truncation": (["sample", f"run={RUN}", "truncation=-1"], "truncation must be > 0"),
     # ---- eval ------------------------------------------------------------------------------------
     "eval without run": (["eval"], "needs run="),
@@ -206,10 +331,11 @@ def test_bad_input_is_one_line_and_changes_nothing(name, lab, monkeypatch, capsy
     assert expected in lines[0], lines[0]
     assert "Traceback" not in err
     assert snapshot(lab) == before
+    assert not (lab / MARKER).exists()  # no code from a crafted file ran
 
 
 def test_the_catalogue_is_large():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 100  # 81 before the file-content cases (issue 16)
 
 
 def test_failed_download_reason_is_the_innermost_cause():
@@ -264,3 +390,63 @@ def test_infogan_paper_per_network_lr_applies_to_adam_only():
     assert mine.param_groups[0]["lr"] == 5e-4
 
 
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 4 MiB (tmpfs), for as long as the test runs; skipped where mounting is not allowed."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path) -> None:
+    """Write to `disk` until it is full."""
+    with open(disk / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_a_full_disk_with_tensorboard_on_is_one_line_and_keeps_the_checkpoint(small_disk, tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    from genlab.engine import checkpoint as ckpt
+    from tests.conftest import REPO
+
+    run = small_disk / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
+    p = subprocess.Popen([sys.executable, "-m", "genlab", "train", "model=gan", *TOY, "trainer.num_threads=1",
+                          "trainer.max_steps=1000000", "trainer.log_every=1", "trainer.sample_every=0",
+                          "trainer.checkpoint_every=500", f"hydra.run.dir={run}"], cwd=tmp_path, env=env, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (run / "checkpoints" / "last.pt").exists():
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the status record after last.pt is written too
+        fill(small_disk)  # from now on every write fails: the next TensorBoard events first
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[")]  # [date][genlab][INFO] log lines
+    assert p.returncode == 2, err
+    assert len(lines) == 1 and lines[0].startswith(f"genlab: error: cannot write {run}/"), err
+    assert "No space left on device" in lines[0] and "TensorBoard events" in lines[0], err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert ckpt.load(run / "checkpoints" / "last.pt")["step"] % 500 == 0  # intact: the last complete one

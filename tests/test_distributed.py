@@ -297,3 +297,50 @@ def test_a_failing_rank_ends_the_job_with_its_one_error_not_a_hang(tmp_path):
     assert out.count("RuntimeError: simulated failure on rank 1") == 1, out
     assert "lost contact" not in out and "Connection closed by peer" not in out, out
     assert "genlab: error" not in out, out
+
+
+NAN_ON_RANK1 = '''
+import os, time
+if os.environ.get("RANK") == "1":
+    from genlab.models import gan
+    _step, calls = gan.GAN.generator_step, []
+    def nan_once(self, batch, ctx):
+        loss, logs = _step(self, batch, ctx)
+        calls.append(1)
+        if len(calls) == 3:  # trainer step 3 on this rank only: the value is nan, the gradients are not
+            open(os.environ["NAN_PLANTED"], "w").write(repr(time.time()))
+            return loss + float("nan"), logs
+        return loss, logs
+    gan.GAN.generator_step = nan_once
+from genlab.engine import distributed
+_close = distributed.Dist.close
+def close(self):  # every rank passes here once it has left the loop
+    open(os.environ["NAN_PLANTED"] + f".left{self.rank}", "w").write(repr(time.time()))
+    _close(self)
+distributed.Dist.close = close
+'''
+
+
+@pytest.mark.slow
+def test_a_nan_on_one_rank_stops_every_rank_at_that_step_with_one_line(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NAN_ON_RANK1)
+    planted = tmp_path / "planted"
+    # No logging and no checkpoint for 1000 steps: only the per-step agreement of the ranks can stop them.
+    p = torchrun(["trainer.max_steps=100000", "trainer.log_every=1000", "trainer.checkpoint_every=1000"],
+                 tmp_path / "out", env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{site}", "OMP_NUM_THREADS": "1",
+                                        "GENLAB_OUTPUTS": str(tmp_path / "out"), "NAN_PLANTED": str(planted)})
+    out = finish(p, timeout=240)
+    stopped = time.time()
+    assert p.returncode != 0 and planted.exists(), out
+    errors = [ln for ln in out.splitlines() if ln.startswith("genlab: error:")]
+    assert errors == [errors[0]] and errors[0].startswith("genlab: error: the loss became nan/inf at step 3 on rank 1;"), out
+    assert "lost contact" not in out and "genlab/engine" not in out, out
+    assert "exitcode  : 2" in out, out  # both ranks left with the user-error status, none was killed
+    assert not (run_folder(tmp_path / "out") / "checkpoints").exists()  # nothing written after the nan
+    t0 = float(planted.read_text())
+    left = [float(Path(f"{planted}.left{r}").read_text()) - t0 for r in (0, 1)]
+    print(f"after the nan on rank 1: rank 0 left the loop in {left[0]:.3f} s, rank 1 in {left[1]:.3f} s; "
+          f"the torchrun job ended in {stopped - t0:.2f} s")
+    assert max(left) < 30 and stopped - t0 < 120  # within the step, not at the next log or checkpoint

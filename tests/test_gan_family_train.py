@@ -112,6 +112,18 @@ def test_sample_translates_a_split_or_a_folder_with_cyclegan(mnist_root, tmp_pat
                     "device=cpu"], "sample"))
     d = np.load(out)
     assert d["images"].shape == (3, 28, 28, 1) and d["inputs"].shape == (3, 28, 28, 1)
+    # The NPZ it wrote is an input too: translating its `inputs` again gives the same translations.
+    np.savez(tmp_path / "in.npz", images=d["inputs"])
+    again = tmp_path / "again.npz"
+    sample(compose([f"run={tmp_path / 'run'}", f"out={again}", f"input={tmp_path / 'in.npz'}", "direction=b2a",
+                    "device=cpu"], "sample"))
+    np.testing.assert_array_equal(np.load(again)["images"], d["images"])
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((2, 28, 28, 3), np.uint8))
+    from genlab.errors import GenlabError
+
+    with pytest.raises(GenlabError, match=r"holds images of shape \(3, 28, 28\); this model translates \(1, 28, 28\)"):
+        sample(compose([f"run={tmp_path / 'run'}", f"out={again}", f"input={tmp_path / 'rgb.npz'}", "device=cpu"],
+                       "sample"))
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(2):

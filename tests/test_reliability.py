@@ -234,3 +234,82 @@ def test_sigusr2_is_left_alone_without_a_launcher_handler():
     assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
     with signals.stop_on_signals():
         assert signal.getsignal(signal.SIGUSR2) is signal.SIG_DFL
+
+
+def test_tensorboard_on_a_full_disk_is_one_line_naming_its_file_and_no_thread_traceback(tmp_path, monkeypatch,
+                                                                                       capfd):
+    from tensorboard.compat.tensorflow_stub.io import gfile
+
+    real, calls = gfile.LocalFileSystem.append, {"n": 0}
+
+    def append(self, filename, content, binary_mode=False):
+        calls["n"] += 1
+        if calls["n"] > 100:  # the events of some steps are written, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, filename, content, binary_mode)
+
+    monkeypatch.setattr(gfile.LocalFileSystem, "append", append)
+    cfg = compose([*TOY, "trainer.max_steps=100000", "trainer.log_every=1", "trainer.checkpoint_every=5"])
+    with pytest.raises(SystemExit) as e:
+        with user_errors():
+            train(cfg, tmp_path / "run")
+    assert e.value.code == 2
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    (events,) = (tmp_path / "run" / "tb").glob("events.out.tfevents.*")
+    assert lines == [f"genlab: error: cannot write {events} (TensorBoard events): No space left on device "
+                     "(free some disk space)"], err
+    assert "Traceback" not in err and "Exception in thread" not in err
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] % 5 == 0  # the last complete one
+
+
+def test_a_log_file_that_cannot_be_written_is_one_line_not_a_traceback_per_record(tmp_path, capfd):
+    import logging
+
+    from genlab.engine.writers import guard_log_files
+
+    log = logging.getLogger("genlab")
+    handler = logging.FileHandler("/dev/full")  # every write: ENOSPC, a real full device
+    logging.getLogger().addHandler(handler)
+    try:
+        guard_log_files()
+        with pytest.raises(GenlabError, match=r"^cannot write /dev/full \(the run's log\): No space left on device"):
+            log.warning("step 1")
+        assert handler not in logging.getLogger().handlers  # said once: never tried again
+        log.warning("step 2")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.stream = None  # its buffer cannot be flushed to a full device
+    assert "Logging error" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("phase", ["evaluation", "objective"])
+def test_a_signal_during_the_final_evaluation_stops_it_at_once(phase, tmp_path, capsys):
+    """The final evaluation (for a likelihood model's full protocol, an hour) ends at the signal, not after it."""
+    from genlab.commands.sweep import RunStatus
+
+    calls = []
+
+    def slow_evaluator(model, data, step):
+        calls.append(step)
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(120)  # an hour's evaluation: the signal has to cut it short
+        return {"modes": 1.0}
+
+    if phase == "evaluation":  # the loop's own final evaluation (10 is not a multiple of eval_every)
+        cfg, status = compose([*TOY, "trainer.max_steps=10", "trainer.eval_every=7", "trainer.checkpoint_every=0"]), None
+    else:  # the evaluation that gives a sweep its objective
+        cfg = compose([*TOY, "trainer.max_steps=10", "trainer.checkpoint_every=0", "trainer.objective=modes"])
+        status = RunStatus(tmp_path / "run", [], None)
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        with user_errors():
+            train(cfg, tmp_path / "run", evaluator=slow_evaluator, status=status)
+    assert time.monotonic() - t0 < 60 and calls[-1] == 10
+    assert e.value.code == 143
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "genlab: stopped by SIGTERM during the final evaluation at step 10; checkpoint "), lines
+    assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10  # written before it began
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are gone again

@@ -147,9 +147,9 @@ def evaluate_run(cfg: DictConfig) -> dict:
 
 
 def _log_tb(run_dir: Path, result: dict, grid) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    from genlab.engine.writers import EventWriter
 
-    w = SummaryWriter(str(run_dir / "tb"))
+    w = EventWriter(run_dir / "tb")
     try:
         for r in result["metrics"]:
             if r["value"] is not None and math.isfinite(r["value"]):

@@ -72,6 +72,7 @@ def _metrics(run: Path) -> tuple[dict, int | None, dict]:
         history = [json.loads(line) for line in (run / "eval_history.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         pass
+    history = [h for h in history if isinstance(h, dict) and isinstance(h.get("step"), int)]  # a foreign line: skipped
     curves: dict[str, list] = {}
     for h in history:
         for k, v in h.items():
@@ -80,7 +81,7 @@ def _metrics(run: Path) -> tuple[dict, int | None, dict]:
     try:
         ev = json.loads((run / "eval.json").read_text())
         return {k: float(v) for k, v in ev["values"].items() if _number(v)}, ev.get("step"), curves
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # missing or not genlab's eval.json
         pass
     if history:
         last = history[-1]

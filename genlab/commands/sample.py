@@ -102,14 +102,32 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
-def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor:
-    """Images in [-1, 1] to translate: a split (train/test) of the run's own source domain, or a folder."""
+def npz_images(path: Path) -> torch.Tensor:
+    """Images in [-1, 1] (N, C, H, W) from an .npz holding `images` uint8 (N, H, W, C), what sample writes."""
+    from genlab import safeio
+
+    x = safeio.read_npz(path, {"images": (("u",), 4)})["images"]
+    if x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
+        raise GenlabError(f"{path}: 'images' is {x.dtype} of shape {x.shape}; expected uint8 (N, H, W, C) with "
+                          "C = 1 or 3, as genlab sample writes")
+    return from_levels(torch.from_numpy(x.copy()).permute(0, 3, 1, 2))
+
+
+def translation_inputs(run, source: str, direction: str, n: int, given: torch.Tensor | None = None) -> torch.Tensor:
+    """Images in [-1, 1] to translate: a split (train/test) of the run's own source domain, a folder,
+    or `given` (read from an .npz)."""
+    if given is not None:
+        if tuple(given.shape[1:]) != tuple(run.spec.shape):
+            raise GenlabError(f"input={source} holds images of shape {tuple(given.shape[1:])}; this model translates "
+                              f"{tuple(run.spec.shape)}")
+        return given[:n]
     if source in ("train", "test"):
         from genlab import data as data_lib
 
         data = data_lib.build(run.cfg.dataset, seed=int(run.cfg.get("seed", 0)))
         return data.split("a" if direction == "a2b" else "b", source)[:n]
     from genlab.data.images import _load_image, list_images
+    from genlab.data.schema import MAX_PIXELS
 
     folder = Path(source).expanduser()
     if not folder.is_dir():
@@ -118,16 +136,17 @@ def translation_inputs(run, source: str, direction: str, n: int) -> torch.Tensor
     if not files:
         raise GenlabError(f"no images found under {folder}")
     c, size, _ = run.spec.shape
-    return from_levels(torch.stack([_load_image(p, c, size) for p in files]))
+    limit = run.cfg.dataset.get("max_pixels", MAX_PIXELS)
+    return from_levels(torch.stack([_load_image(p, c, size, limit) for p in files]))
 
 
-def translate(cfg, run, out: Path) -> Path:
+def translate(cfg, run, out: Path, given: torch.Tensor | None = None) -> Path:
     """genlab sample for image-to-image models: write the translations of input= (and the inputs)."""
     from genlab import viz
 
     if cfg.direction not in ("a2b", "b2a"):
         raise GenlabError(f"direction must be a2b or b2a, got {cfg.direction}")
-    x = translation_inputs(run, str(cfg.input or "test"), cfg.direction, int(cfg.num_samples))
+    x = translation_inputs(run, str(cfg.input or "test"), cfg.direction, int(cfg.num_samples), given)
     y = run.model.translate(x, cfg.direction, batch_size=int(cfg.batch_size))
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npz":
@@ -179,9 +198,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    source = str(cfg.get("input") or "")
+    given = npz_images(Path(source).expanduser()) if source.endswith(".npz") else None  # a bad file: one line first
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
     if run.model.translates:
-        return translate(cfg, run, out)
+        return translate(cfg, run, out, given)
     if cfg.get("input") is not None:
         raise GenlabError("input= is for image-to-image models (cyclegan); this model samples from noise")
     kwargs = {}

@@ -60,10 +60,17 @@ class RunStatus:
         r["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if not self.enabled:
             return r
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(STATUS + ".tmp")
-        tmp.write_text(json.dumps(r, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(r, indent=1) + "\n")
+            os.replace(tmp, self.path)
+        except OSError as e:
+            from genlab.engine.checkpoint import os_cause
+            from genlab.errors import GenlabError
+
+            tmp.unlink(missing_ok=True)
+            raise GenlabError(f"cannot write {self.path} (the run's status record): {os_cause(e)}") from None
         return r
 
 

@@ -57,12 +57,14 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
 
 def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launcher) -> dict:
     from genlab import data as data_lib
-    from genlab.config import model_class
+    from genlab.config import attach_first_stage, model_class
     from genlab.engine import checkpoint as ckpt
     from genlab.engine import signals
     from genlab.engine.threads import default_threads
     from genlab.engine.trainer import Trainer
+    from genlab.engine.writers import guard_log_files
 
+    guard_log_files()  # a full disk under train.log is one line, not a traceback per record
     if not dist.is_main:  # rank 0 says it once
         logging.getLogger("genlab").setLevel(logging.WARNING)
     state, path = None, None
@@ -80,6 +82,9 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     torch.set_num_threads(int(threads or default_threads(data.kind)))
     model = model_class(cfg)(mcfg, data.spec)
+    first_stage = attach_first_stage(cfg)
+    if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
+        model.load_first_stage(first_stage)
     if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
@@ -95,14 +100,16 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
         b = int(cfg.trainer.batch_size)
         log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)
     last = trainer.fit(model, data, resume=state, resume_path=path)
+    if not trainer.stopped_by and cfg.trainer.objective and status is not None:
+        with trainer.finishing(install=True):  # last.pt is written: a signal stops this evaluation at once
+            status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: it is collective
     if trainer.stopped_by:
-        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt")
+        stop = signals.Stopped(trainer.stopped_by, trainer.step, run_dir / "checkpoints" / "last.pt",
+                               trainer.stopped_during)
         if not dist.is_main:
             sys.exit(stop.exit_code)  # rank 0 says it once
         raise stop  # one line and the signal's exit status (see engine/signals.py)
     log.info("done: %d steps; checkpoint %s", trainer.step, run_dir / "checkpoints" / "last.pt")
-    if cfg.trainer.objective and status is not None:
-        status.objective = objective(trainer, str(cfg.trainer.objective))  # every rank: evaluation is collective
     if dist.is_main:
         log_hparams(trainer, _task_overrides())
     return last
@@ -118,9 +125,9 @@ def objective(trainer, name: str) -> dict:
         trainer.writer.close()
     keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
     if not keys:
-        from genlab.errors import GenlabError
+        from genlab.engine.distributed import AgreedError  # every rank evaluated the same metrics
 
-        raise GenlabError(f"trainer.objective={name} is not among the evaluated metrics "
+        raise AgreedError(f"trainer.objective={name} is not among the evaluated metrics "
                           f"({', '.join(k for k in metrics if k != 'step')}); pick one of those")
     direction = "minimize" if better(keys[0]) == "lower" else "maximize"
     return {"metric": keys[0], "value": float(metrics[keys[0]]), "direction": direction}
@@ -128,7 +135,7 @@ def objective(trainer, name: str) -> dict:
 
 def log_hparams(trainer, overrides: list[str]) -> None:
     """The run's overrides and final metrics to TensorBoard's HParams tab (compares a sweep's runs)."""
-    from torch.utils.tensorboard import SummaryWriter
+    from genlab.engine.writers import EventWriter
 
     hparams = {}
     for o in overrides:
@@ -142,7 +149,7 @@ def log_hparams(trainer, overrides: list[str]) -> None:
     scores = {k: float(v) for k, v in (trainer.last_eval or {}).items()
               if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
     metrics = {f"hparams/{k}": v for k, v in {"step": trainer.step, **scores}.items()}
-    with SummaryWriter(str(trainer.run_dir / "tb")) as w:
+    with EventWriter(trainer.run_dir / "tb") as w:
         w.add_hparams(hparams or {"run": trainer.run_dir.name}, metrics, run_name=".")
 
 
@@ -186,12 +193,12 @@ def run_task(cfg: DictConfig) -> float | None:
         train(cfg, hc.runtime.output_dir, status=status, launcher=hc.launcher if multirun else None)
     except (KeyboardInterrupt, SystemExit, signals.Stopped) as e:  # a signal stops the sweep, not just this job
         if not (isinstance(e, SystemExit) and e.code in (0, None)):
-            status.write("interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
+            _record(status, "interrupted", first_line(e) if isinstance(e, signals.Stopped) else "interrupted")
         if isinstance(e, signals.Stopped):
             signals.hand_over(e.signum)  # last.pt is written: now the launcher may requeue (submitit)
         raise
     except Exception as e:  # noqa: BLE001 - every failure is recorded; a sweep goes on with its next job
-        status.write("failed", first_line(e))
+        _record(status, "failed", first_line(e))
         if not multirun:
             raise
         from genlab.errors import GenlabError
@@ -202,6 +209,16 @@ def run_task(cfg: DictConfig) -> float | None:
         return math.nan
     status.write("done")
     return status.objective["value"] if status.objective else None
+
+
+def _record(status: RunStatus, state: str, error: str) -> None:
+    """Record how a job ended; where even that cannot be written (a full disk) the job's own error is the one said."""
+    from genlab.errors import GenlabError
+
+    try:
+        status.write(state, error)
+    except GenlabError:
+        pass
 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="train")

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+# Image folders: an image of more pixels is refused by its header, before decoding. 4096 x 4096 decodes
+# to 48 MB; a crafted PNG of a few kB can claim far more (a decompression bomb).
+MAX_PIXELS = 4096 * 4096
+
+
 @dataclass
 class DatasetConfig:
     name: str = "mnist"
@@ -18,6 +23,7 @@ class DatasetConfig:
     binarize: Optional[str] = None
     limit: Optional[int] = None
     path: Optional[str] = None
+    max_pixels: Optional[int] = MAX_PIXELS  # null: no limit
     test_fraction: float = 0.1
     n_train: int = 100000
     n_test: int = 10000

@@ -10,10 +10,8 @@ import contextlib
 import dataclasses
 import errno
 import os
-import pickle
 import random
 import uuid
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,8 +71,11 @@ def save(state: dict, path: Path) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise GenlabError(f"cannot write checkpoint {path}: {os_cause(e)}; "
+        # torch's zip writer turns a full disk into RuntimeError("unexpected pos ...") raised while
+        # handling the OSError: the OSError is the cause.
+        cause = e if isinstance(e, OSError) else e.__context__ if isinstance(e.__context__, OSError) else None
+        if cause is not None:
+            raise GenlabError(f"cannot write checkpoint {path}: {os_cause(cause)}; "
                               f"the previous {path.name} (if any) is kept") from None
         raise
 
@@ -113,33 +114,12 @@ def resolve(path_or_run: str | Path, name: str = "last") -> Path:
 
 def load(path: Path) -> dict:
     """Read a checkpoint safely; a corrupt or foreign file is a one-line error."""
-    try:
-        with warnings.catch_warnings():  # e.g. torch's note on pickle protocols: noise around our one line
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "GLOBAL" in str(e):
-            # weights_only refused a global (a class or function): the file holds more than tensors.
-            raise GenlabError(f"checkpoint {path} contains objects other than tensors{_refused_global(str(e))}: "
-                              "refused (genlab never runs code from a checkpoint); use a checkpoint written by genlab") from None
-        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.ENOENT, errno.EISDIR, errno.EIO, errno.ENOTDIR):
-            raise GenlabError(f"cannot read checkpoint {path}: {os_cause(e)}") from None
-        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
-    except Exception:  # noqa: BLE001 - a foreign or truncated file fails in many ways
-        raise GenlabError(f"cannot read checkpoint {path}: {NOT_OURS}") from None
+    from genlab import safeio
+
+    state = safeio.load_tensors(path, "checkpoint", corrupt=NOT_OURS, advice="; use a checkpoint written by genlab")
     if not isinstance(state, dict) or "format" not in state or "model" not in state:
         raise GenlabError(f"{path} is not a genlab checkpoint (no model state in it)")
     return state
-
-
-def _refused_global(message: str) -> str:
-    """' (os.system)' from torch's 'Unsupported global: GLOBAL os.system ...' message, else ''."""
-    import re
-
-    m = re.search(r"GLOBAL ([\w.]+)", message)
-    return f" ({m.group(1)})" if m else ""
 
 
 def model_mismatch(model: torch.nn.Module, state_dict: dict) -> str | None:

@@ -37,6 +37,11 @@ log = logging.getLogger("genlab")
 
 # Offsets per-rank seeds far from the seeds users pick for neighbouring runs.
 _RANK_SEED_STRIDE = 1_000_003
+NEVER = 2**62  # the first non-finite step while every loss was finite
+
+
+class AgreedError(GenlabError):
+    """A user error that every rank meets at the same step (divergence): rank 0 says it once."""
 
 
 def launched() -> bool:
@@ -56,6 +61,7 @@ class Dist:
         self.device = torch.device(device)
         self.rank, self.world, self.local_rank = rank, world, local_rank
         self._signal: int | None = None
+        self.training = False  # from the first step on, an error may be this rank's alone
 
     @property
     def enabled(self) -> bool:
@@ -114,19 +120,34 @@ class Dist:
         """
         def mark(signum, frame):
             self._signal = self._signal or signum
+            signals.raise_if_at_once(signum)  # the final evaluation stops at once (rank 0 runs it alone)
 
         for s in signals.EXIT_CODES:  # SIGTERM, SIGINT and SIGUSR1 (SLURM's warning)
             if s not in signals.CHAINED_ONLY:  # SIGUSR2 stays with whoever installed it (submitit)
                 signal.signal(s, mark)
 
-    def stop_requested(self, local: bool = False) -> int | None:
-        """The signal number when any rank was signalled (or `local` is set on any rank), else None."""
-        mine = self._signal or signals.requested_signal() or (signal.SIGTERM if local else 0)
+    @property
+    def signal(self) -> int | None:
+        """The stop signal this rank received, or None."""
+        return self._signal or signals.requested_signal()
+
+    def agree(self, bad_step: torch.Tensor | None, read: bool = True) -> tuple[int | None, tuple[int, int] | None]:
+        """(stop signal, (first non-finite step, the rank it was on)) over every rank, in one all-reduce.
+
+        Under torchrun every rank learns at the same step that one was signalled or diverged, so all
+        stop together. Alone, the on-device flag `bad_step` (NEVER while finite) is read, which syncs
+        the device, only when `read` is set; the signal is a Python flag and costs nothing."""
+        mine = self.signal or 0
         if not self.enabled:
-            return mine or None
-        t = torch.tensor([mine], device=self.device)
+            bad = int(bad_step) if read and bad_step is not None else NEVER
+            return mine or None, (None if bad == NEVER else (bad, 0))
+        never = torch.full((), NEVER, dtype=torch.int64, device=self.device)
+        # One code orders by step, then rank: the smallest is the first divergence (NEVER * world overflows).
+        code = never if bad_step is None else torch.where(bad_step == NEVER, never, bad_step * self.world + self.rank)
+        t = torch.stack([torch.tensor(mine, dtype=torch.int64, device=self.device), -code])
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-        return int(t.item()) or None
+        sig, first = t[0].item(), -t[1].item()
+        return sig or None, (None if first == NEVER else divmod(first, self.world))
 
     def close(self) -> None:
         if self.enabled and tdist.is_initialized():
@@ -254,23 +275,26 @@ def _lost_peer(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def quiet_failures(dist: Dist):
-    """Errors under torchrun are said once: a user error by rank 0, a crash by the rank that crashed.
+    """Errors under torchrun are said once: a user error by rank 0 (or by the one rank that met it while
+    training), a crash by the rank that crashed.
 
     When a peer dies, the others fail in their next collective and torchrun stops them with SIGTERM;
     they leave quietly then, so the failing rank's error is the job's one error.
     """
     try:
         yield
-    except GenlabError:
+    except GenlabError as e:
         if dist.is_main:
             raise
-        sys.exit(2)  # every rank meets the same user error; rank 0 says it once
+        if dist.training and not isinstance(e, AgreedError):  # this rank's own (rank 0 may be fine)
+            print(f"genlab: error: rank {dist.rank}: {e}", file=sys.stderr)
+        sys.exit(2)  # before training, every rank meets the same user error; rank 0 says it once
     except Exception as e:  # noqa: BLE001 - only a lost peer is handled here
         if not (dist.enabled and _lost_peer(e)):
             raise
         for _ in range(50):  # torchrun's SIGTERM to the survivors usually follows within a second
             if dist._signal is not None:
-                sys.exit(1)
+                sys.exit(signals.EXIT_CODES.get(dist._signal, 1))
             time.sleep(0.1)
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(f"genlab: error: rank {dist.rank} lost contact with the other ranks: {first[:200]}", file=sys.stderr)

@@ -27,18 +27,29 @@ EXIT_CODES.update(CHAINED_ONLY)
 
 _requested: int | None = None
 _chained: dict[int, object] = {}  # signal -> the Python handler that was installed before ours
+_at_once = False  # inside `interruptible()`: a stop signal raises Interrupted
 
 
 class Stopped(Exception):
     """Raised after the loop stopped on request and wrote its checkpoint."""
 
-    def __init__(self, signum: int, step: int, path):
+    def __init__(self, signum: int, step: int, path, during: str | None = None):
         self.signum, self.step, self.path = signum, step, path
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {path}")
+        when = f" during {during}" if during else ""
+        super().__init__(f"stopped by {signal.Signals(signum).name}{when} at step {step}; checkpoint {path}")
 
     @property
     def exit_code(self) -> int:
         return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+
+
+class Interrupted(BaseException):
+    """A stop signal inside `interruptible()`: the work is abandoned at once (a BaseException, so that no
+    `except Exception` in an evaluation swallows it)."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(signal.Signals(self.signum).name)
 
 
 def _is_launcher_handler(h) -> bool:
@@ -62,10 +73,35 @@ def request_stop(signum: int = signal.SIGTERM) -> None:
 
 
 def _handler(signum, frame) -> None:
-    if _requested is not None:
+    if _requested is not None and not _at_once:
         # A second request: the user does not want to wait for the step to finish.
         raise KeyboardInterrupt
     request_stop(signum)
+    raise_if_at_once(signum)
+
+
+def raise_if_at_once(signum: int) -> None:
+    """What a stop handler does last: inside `interruptible()`, raise Interrupted now."""
+    if _at_once:
+        raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible(pending: int | None = None):
+    """Within the block a stop signal raises Interrupted at once instead of waiting for a step to end.
+
+    For work after the last checkpoint (the final images and evaluation, which for a likelihood model
+    with the full protocol can take an hour): stopping loses nothing that resuming does not redo. A
+    stop requested just before the block (during the final save; `pending` for one that a distributed
+    run's own handler marked) raises on entry."""
+    global _at_once
+    if (pending or _requested) is not None:
+        raise Interrupted(pending or _requested)
+    _at_once = True
+    try:
+        yield
+    finally:
+        _at_once = False
 
 
 @contextlib.contextmanager

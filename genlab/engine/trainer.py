@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed, signals
+from genlab.engine import distributed, signals, writers
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
@@ -33,7 +33,7 @@ from genlab.types import Batch
 log = logging.getLogger("genlab")
 
 
-_NEVER = 2**62  # _bad_step's value while every loss was finite
+_NEVER = distributed.NEVER  # _bad_step's value while every loss was finite
 
 
 def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.optim.Optimizer:
@@ -100,6 +100,7 @@ class Trainer:
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
+        self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.max_time)
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
         self.started: float | None = None
@@ -121,6 +122,7 @@ class Trainer:
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k, model.optimizer_ratio(k))
                            for k, ps in self.params.items()}
         self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.channels_last))
+        self.dist.training = True
         self.dist.seed_rank(int(self.cfg.seed))
         g = torch.Generator().manual_seed(derive(self.cfg.seed, "fixed-noise"))
         n = int(self.tcfg.num_fixed_samples)
@@ -193,9 +195,7 @@ class Trainer:
         if resume is not None:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(str(self.run_dir / "tb")) if self.dist.is_main else distributed.NullWriter()
+        self.writer = writers.EventWriter(self.run_dir / "tb") if self.dist.is_main else distributed.NullWriter()
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
@@ -230,11 +230,26 @@ class Trainer:
             self.save()
         if self.stopped_by:
             return self._last
-        if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
-            self.log_images()
-        if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
-            self.run_eval()
+        with self.finishing():
+            if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
+                self.log_images()
+            if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
+                self.run_eval()
         return self._last
+
+    @contextmanager
+    def finishing(self, install: bool = False):
+        """Work after the final last.pt (images, evaluation): a stop signal ends it at once, not at its end.
+
+        install: put the stop handlers in place (after fit, which removes its own)."""
+        catch = signals.stop_on_signals() if install and not self.dist.enabled else contextlib.nullcontext()
+        try:
+            with catch, signals.interruptible(self.dist.signal):
+                yield
+        except signals.Interrupted as e:
+            self.stopped_by, self.stopped_during = e.signum, "the final evaluation"
+            log.warning("rank %d: %s stopped the final images/evaluation; checkpoint %s is complete", self.dist.rank,
+                        e, self.run_dir / "checkpoints" / "last.pt")
 
     def _steps(self, t, bar) -> None:
         """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
@@ -294,7 +309,9 @@ class Trainer:
                 self.run_eval()
             if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                 self.save()
-            self.stopped_by = self.dist.stop_requested()
+            # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
+            self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
+            self._diverged(bad)
             if self.stopped_by:
                 log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
                 break
@@ -309,16 +326,22 @@ class Trainer:
             p.requires_grad_(True)
 
     def _check_diverged(self) -> None:
-        if self._bad_step is None:
+        if self._bad_step is not None:
+            self._diverged(self.dist.agree(self._bad_step)[1])
+
+    def _diverged(self, bad: tuple[int, int] | None) -> None:
+        """Raise, on every rank alike, for the first non-finite (step, rank); None: all finite."""
+        if bad is None:
             return
-        bad = int(self._bad_step)
-        if bad != _NEVER:
-            hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
-            raise GenlabError(f"the loss became nan/inf at step {bad}; training diverged. Lower optimizer.lr{hint} "
-                              "or set trainer.grad_clip (checkpoints/ keeps the last checkpoint written before "
-                              "that step)")
+        step, rank = bad
+        where = f" on rank {rank}" if self.dist.enabled else ""
+        hint = "" if self.precision.mode == "32" else ", use trainer.precision=32"
+        raise distributed.AgreedError(f"the loss became nan/inf at step {step}{where}; training diverged. Lower "
+                                      f"optimizer.lr{hint} or set trainer.grad_clip (checkpoints/ keeps the last "
+                                      "checkpoint written before that step)")
 
     def _check_finite(self, scalars: dict) -> None:
+        # The scalars are averaged over ranks (and the scalers stay equal): every rank raises alike.
         if self.precision.mode == "16":
             # With loss scaling, non-finite steps are skipped and the scale backs off: the first
             # steps of a run are often skipped. Divergence is the scale collapsing.
@@ -326,15 +349,15 @@ class Trainer:
                 scalars[f"perf/loss_scale/{k}"] = sc.get_scale()
             low = {k: v for k, v in scalars.items() if k.startswith("perf/loss_scale/") and v < 2.0 ** -24}
             if low:
-                raise GenlabError(f"fp16 loss scale fell to {min(low.values()):.3g} by step {self.step}: the "
-                                  "gradients are not finite even unscaled. Use trainer.precision=bf16 or 32, "
-                                  "or lower optimizer.lr")
+                raise distributed.AgreedError(f"fp16 loss scale fell to {min(low.values()):.3g} by step {self.step}: "
+                                              "the gradients are not finite even unscaled. Use trainer.precision=bf16 "
+                                              "or 32, or lower optimizer.lr")
             return
         bad = [k for k, v in scalars.items() if not math.isfinite(v)]
         if bad:
-            raise GenlabError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training diverged. "
-                              "Lower optimizer.lr, use trainer.precision=32 or set trainer.grad_clip "
-                              "(the last good checkpoint is kept in checkpoints/)")
+            raise distributed.AgreedError(f"{bad[0]} became {scalars[bad[0]]} by step {self.step}; training "
+                                          "diverged. Lower optimizer.lr, use trainer.precision=32 or set "
+                                          "trainer.grad_clip (the last good checkpoint is kept in checkpoints/)")
 
     def log_scalars(self, scalars: dict) -> None:
         for k, v in scalars.items():

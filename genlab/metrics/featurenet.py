@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from genlab import safeio
 from genlab.errors import GenlabError
 from genlab.metrics.refcache import cache_root, module_digest
 from genlab.pixels import from_levels, to_uint8
@@ -181,6 +182,28 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
     return net.cpu().eval(), acc
 
 
+def _cached(path: Path, recipe: Recipe) -> FeatureNet | None:
+    """The cached network of this recipe, or None (and a warning) when the file is not one: it is retrained."""
+    try:
+        state = safeio.load_tensors(path, "feature network")
+    except GenlabError as e:
+        log.warning("%s; retraining it", e)
+        return None
+    if not isinstance(state, dict) or state.get("digest") != recipe.digest():
+        log.warning("featurenet cache %s does not match its recipe; retraining", path)
+        return None
+    c, h, _ = recipe.shape
+    net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim)
+    try:
+        net.load_state_dict(state["weights"])
+        accuracy = float(state["test_accuracy"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        log.warning("featurenet cache %s has the recipe's digest but not its weights (%s); retraining", path,
+                    str(e).splitlines()[0][:200])
+        return None
+    return FeatureNet(net, recipe, accuracy, path)
+
+
 def load_or_train(data, recipe: Recipe | None = None, cache: str | Path | None = None, device="cpu",
                   retrain: bool = False) -> FeatureNet:
     """The cached network for this recipe, training (and caching) it first if there is none."""
@@ -188,13 +211,9 @@ def load_or_train(data, recipe: Recipe | None = None, cache: str | Path | None =
     folder = cache_dir(str(cache) if cache else None)
     path = folder / f"{recipe.id}.pt"
     if path.is_file() and not retrain:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("digest") == recipe.digest():
-            c, h, _ = recipe.shape
-            net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim)
-            net.load_state_dict(state["weights"])
-            return FeatureNet(net, recipe, state["test_accuracy"], path).to(device)
-        log.warning("featurenet cache %s does not match its recipe; retraining", path)
+        cached = _cached(path, recipe)
+        if cached is not None:
+            return cached.to(device)
     log.info("training feature network %s on %s (%d images, %d epochs); cached at %s", recipe.id,
              recipe.dataset, recipe.n_train, recipe.epochs, path)
     net, acc = train(data, recipe, device)
@@ -216,14 +235,18 @@ class InceptionNet:
     name = "inception"
 
     def __init__(self, weights_path: str, device="cpu"):
-        try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-        except ImportError:
-            raise GenlabError("eval.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
         p = Path(os.path.expanduser(str(weights_path)))
         if not p.is_file():
             raise GenlabError(f"eval.inception_weights={p} does not exist; give the path of "
                               "pt_inception-2015-12-05-6726825d.pth or leave it null")
+        # Read once here with weights_only, whatever torch-fidelity's own torch.load does with it.
+        weights = safeio.load_tensors(p, "eval.inception_weights")
+        if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+            raise GenlabError(f"eval.inception_weights={p} is not a state dict of tensors")
+        try:
+            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        except ImportError:
+            raise GenlabError("eval.inception_weights needs torch-fidelity: pip install 'genlab[inception]'") from None
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                feature_extractor_weights_path=str(p)).to(device).eval()
         self.id = f"inception-v3-compat:{p.name}"

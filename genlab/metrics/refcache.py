@@ -19,7 +19,16 @@ from typing import Callable
 
 import torch
 
+from genlab import safeio
+from genlab.errors import GenlabError
+
 log = logging.getLogger("genlab")
+
+
+def _entry_of(entry, key: dict) -> bool:
+    """Whether a loaded file is a cache entry for key: {"key": key, "value": {name: tensor}}."""
+    return (isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("value"), dict)
+            and all(isinstance(v, torch.Tensor) for v in entry["value"].values()))
 
 
 def cache_root() -> Path:
@@ -66,12 +75,14 @@ class ReferenceCache:
             return self.memory[file]
         if path is not None and path.is_file():
             try:
-                entry = torch.load(path, map_location="cpu", weights_only=True)
-                if entry.get("key") == key:
+                entry = safeio.load_tensors(path, "reference cache")
+            except GenlabError as e:  # a torn, foreign or unsafe file: never used, recomputed
+                log.warning("%s; recomputing it", e)
+            else:
+                if _entry_of(entry, key):
                     self.memory[file] = entry["value"]
                     return entry["value"]
-            except (OSError, RuntimeError, EOFError) as e:  # a torn or foreign file: recompute it
-                log.warning("reference cache %s is unreadable (%s); recomputing", path, e)
+                log.warning("reference cache %s does not hold an entry for its key; recomputing it", path)
         value = compute()
         self.computed += 1
         self.memory[file] = value

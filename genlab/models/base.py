@@ -42,6 +42,12 @@ class Model(nn.Module):
     accepts_temperature: bool = False
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
+    #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
+    #: config.py then checks it holds a `first_stage_model`, copies its model config into
+    #: model.<first_stage_config> and the train command hands its weights to `load_first_stage`
+    first_stage_key: str | None = None
+    first_stage_model: type | None = None
+    first_stage_config: str | None = None
 
     @classmethod
     def check(cls, cfg, spec: Spec) -> str | None:
@@ -52,6 +58,10 @@ class Model(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.spec = spec
+
+    def load_first_stage(self, state: dict) -> None:
+        """Take the weights (a checkpoint's model state) of the run named by first_stage_key."""
+        raise NotImplementedError
 
     def networks(self) -> dict[str, nn.Module]:
         """Optimizer key -> module whose parameters that optimizer updates."""

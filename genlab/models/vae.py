@@ -29,7 +29,7 @@ from genlab import nets
 from genlab.metrics.likelihood import PIXEL_BIN, dequantize_pixels, logmeanexp
 from genlab.models.base import Batch, NetConfig, StepContext, conv_size_problem
 from genlab.models.likelihood import LikelihoodModel
-from genlab.nets.pixelcnn import discretized_mix_logistic_log_prob
+from genlab.nets.pixelcnn import discretized_logistic_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -169,13 +169,7 @@ class VAE(LikelihoodModel):
             return -F.binary_cross_entropy_with_logits(out.flatten(1), target, reduction="none").sum(1)
         if self.dist == "logistic":
             c = x.shape[1]
-            mean, log_scale = out[:, :c], out[:, c:]
-            # One mixture component with a zero logit and zero channel coefficients: independent
-            # discretised logistics per sub-pixel (PixelCNN++'s likelihood, bins at the 8-bit levels).
-            zeros = torch.zeros_like(mean[:, :1])
-            coeffs = torch.zeros_like(mean[:, :1]).expand(-1, c * (c - 1) // 2, -1, -1)
-            params = torch.cat([zeros, mean, log_scale, coeffs], 1)
-            return discretized_mix_logistic_log_prob(x, params)
+            return discretized_logistic_log_prob(x, out[:, :c], out[:, c:])
         out, x = out.flatten(1), x.flatten(1)
         log_std = (torch.full_like(out, math.log(self.cfg.gaussian_std)) if self.cfg.gaussian_std is not None
                    else self.log_std.flatten().to(out.dtype).expand_as(out))

@@ -204,6 +204,15 @@ def discretized_mix_logistic_log_prob(x: torch.Tensor, params: torch.Tensor) -> 
     return torch.logsumexp(log_joint, dim=1).flatten(1).sum(1)
 
 
+def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """log P(x) in nats per example of independent discretised logistics per sub-pixel (N, C, H, W) over
+    the 256 levels: the one-component, zero-coefficient case of PixelCNN++'s mixture."""
+    c = x.shape[1]
+    zeros = torch.zeros_like(mean[:, :1])
+    coeffs = zeros.expand(-1, c * (c - 1) // 2, -1, -1)
+    return discretized_mix_logistic_log_prob(x, torch.cat([zeros, mean, log_scale, coeffs], 1))
+
+
 def sample_discretized_mix_logistic(
     params: torch.Tensor, channels: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -307,3 +316,40 @@ class PixelCNN(nn.Module):
                 params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
                 x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
         return x
+
+
+class CategoricalPixelCNN(nn.Module):
+    """Gated PixelCNN over maps of categories (N, h, w) in 0..K-1, e.g. a VQ-VAE's codes: an embedding
+    of each category, n_layers gated blocks (the first 'A'), and K logits per position."""
+
+    def __init__(self, n_categories: int, shape: tuple[int, int], n_layers: int = 8, hidden: int = 64,
+                 kernel: int = 3, first_kernel: int = 7):
+        super().__init__()
+        self.n_categories, self.shape = n_categories, tuple(shape)
+        self.embed = nn.Embedding(n_categories, hidden)
+        self.blocks = nn.ModuleList([GatedBlock(hidden, hidden, first_kernel, "A")]
+                                    + [GatedBlock(hidden, hidden, kernel, "B") for _ in range(n_layers - 1)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(hidden, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, n_categories, 1))
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Logits (N, K, h, w) of each position given the positions before it in raster order."""
+        v = h = self.embed(codes).permute(0, 3, 1, 2)
+        for block in self.blocks:
+            v, h = block(v, h)
+        return self.head(h)
+
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        """Exact log P(codes) in nats per map."""
+        return -F.cross_entropy(self(codes), codes, reduction="none").flatten(1).sum(1)
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Ancestral sampling in raster order: h*w passes; returns codes (n, h, w) (long)."""
+        dev = self.embed.weight.device
+        rows, cols = self.shape
+        codes = torch.zeros(n, rows, cols, dtype=torch.long, device=dev)
+        for pos in range(rows * cols):
+            i, j = divmod(pos, cols)
+            probs = F.softmax(self(codes[:, : i + 1])[:, :, i, j].float(), dim=1)
+            codes[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return codes
