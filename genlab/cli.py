@@ -24,9 +24,10 @@ COMMANDS = {
     "eval": ("genlab.commands.eval", "evaluate a run: genlab eval run=outputs/DATE/TIME"),
     "featurenet": ("genlab.commands.featurenet", "train the feature network used by eval: genlab featurenet dataset=mnist"),
     "report": ("genlab.commands.report", "compare runs:   genlab report outputs/multirun/DATE/TIME"),
+    "zoo": ("genlab.commands.zoo", "every model, one budget, one table: genlab zoo zoo.budget=5m (--help: keys, suites)"),
 }
 # Commands that parse their own arguments (no Hydra composition).
-PLAIN = {"report"}
+PLAIN = {"report", "zoo"}
 GROUPS = ("model", "dataset", "optimizer", "trainer", "experiment", "hparams_search")
 PATH_KEYS = ("run", "trainer.resume")
 # Hydra plugins shipped as genlab extras: (override key, value prefix) -> (plugin module, extra).

@@ -23,3 +23,15 @@ def from_levels(k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] to their 8-bit levels as uint8 (PNG, NPZ, Inception's input)."""
     return to_levels(x).to(torch.uint8)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Images (N, C, H, W) convolved per channel with a Gaussian of `sigma` pixels (kernel to 3 sigma, reflected edges)."""
+    radius = max(1, int(3 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = (k / k.sum()).to(x.dtype)
+    c = x.shape[1]
+    pad = torch.nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    out = torch.nn.functional.conv2d(pad, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(out, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)

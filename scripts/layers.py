@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1] / "genlab"
 
 # Lower layers never import higher ones; leaves (same rank) never import each other.
 LAYERS = [
-    ("base", ["genlab", "genlab.types", "genlab.errors", "genlab.safeio", "genlab.device", "genlab.pixels", "genlab.viz", "genlab.configs"]),
+    ("base", ["genlab", "genlab.types", "genlab.errors", "genlab.safeio", "genlab.device", "genlab.pixels", "genlab.viz",
+              "genlab.configs", "genlab.progress"]),
     ("leaves", ["genlab.nets", "genlab.data", "genlab.metrics"]),
     ("models", ["genlab.models"]),
     ("engine", ["genlab.engine"]),

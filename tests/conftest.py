@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 import subprocess
@@ -122,3 +123,17 @@ def assert_same_state(a: dict, b: dict) -> None:
         for i in sa:
             for name in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), (key, i, name)
+
+
+@pytest.fixture
+def keep_logging():
+    """Hydra apps run in this process configure logging onto the test's captured streams: undo that afterwards."""
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+    yield
+    for name in list(logging.root.manager.loggerDict) + ["root"]:
+        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
+        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

@@ -93,6 +93,7 @@ def test_eval_json_table_and_tensorboard(mnist_root, tmp_path, capsys):
     assert fid["split"] == "train" and fid["better"] == "lower"
     # the floor: the 32 held-out test images against the training split
     assert fid["floor_num_samples"] == 32 and fid["floor"] is not None and fid["floor"] < fid["value"]
+    assert fid["floor_blurred"] is not None and fid["floor_blurred"] > fid["floor"]  # blur moves real data away
     assert rows["nn_ratio"]["num_samples"] == 16
     assert any("Inception" in s for s in saved["skipped"])
     # the table

@@ -211,9 +211,9 @@ def test_trainer_runs_lazy_r1_on_the_right_steps(tmp_path, monkeypatch):
     calls = []
     real_r1 = penalties.r1_penalty
 
-    def spy(critic, real, ctx=None):
+    def spy(critic, real, ctx=None, group=1):
         calls.append(ctx.step)
-        return real_r1(critic, real, ctx)
+        return real_r1(critic, real, ctx, group)
 
     monkeypatch.setattr(penalties, "r1_penalty", spy)
     over = ["model=gan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *nets_for(SMALL, "points"),

@@ -39,6 +39,9 @@ def user_errors():
         print(f"genlab: {e}; continue with: genlab train trainer.resume={Path(e.path).parent.parent}",
               file=sys.stderr)
         sys.exit(e.exit_code)
+    except signals.Interrupted as e:  # eval and sample stop at once: their outputs are written at the end
+        print(f"genlab: stopped by {e}; nothing more was written", file=sys.stderr)
+        sys.exit(signals.EXIT_CODES.get(e.signum, 128 + e.signum))
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         sys.exit(signals.EXIT_CODES.get(signals.requested_signal(), 130))
@@ -68,6 +71,27 @@ def check_writable(path: Path | str, what: str, folder: bool = False) -> None:
                 pass
     except OSError as e:
         raise GenlabError(f"{what}={path} cannot be written ({probe}: {e.strerror or e})") from None
+
+
+def sampling_cost(model, n: int, batch_size: int, knob: str = "num_samples") -> str | None:
+    """The line said before a slow sampler starts: its cost on this machine, and a smaller request's.
+
+    None for models that sample quickly. The estimate is the model's own (timed network passes)."""
+    from genlab import progress
+
+    if not model.slow_sampling or n < 1 or model.sample_seconds(1) is None:
+        return None
+
+    def seconds(m: int) -> float:
+        full, rest = divmod(m, batch_size)
+        return full * model.sample_seconds(batch_size) + (model.sample_seconds(rest) if rest else 0.0)
+
+    where = "GPU" if next(model.parameters()).device.type == "cuda" else "CPU"
+    small = max(1, n // 10)
+    line = f"sampling {n:,} images from {type(model).__name__}: {progress.duration(seconds(n))} on this {where}"
+    if small < n:
+        line += f"; {knob}={small} for {progress.duration(seconds(small))}"
+    return line
 
 
 def run_folder(run: str | Path) -> Path:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from genlab import __version__
-from genlab.commands.common import check_writable, load_run, run_folder, user_errors
+from genlab import progress
+from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.config import register_configs
 from genlab.errors import GenlabError
 
@@ -38,22 +40,22 @@ def run_data(run, root: str | None = None):
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg
 
 
-def eval_settings(cfg: DictConfig, num_samples=None):
+def eval_settings(cfg: DictConfig, num_samples=None, sampling: dict | None = None):
     """eval.yaml's settings as the one EvalSettings object (its eval: node plus the top-level counts)."""
     from genlab.metrics.records import EvalSettings
 
     return EvalSettings(num_samples=num_samples, seed=int(cfg.seed), split=str(cfg.split),
                         batch_size=int(cfg.batch_size), featurenet=OmegaConf.to_container(cfg.featurenet, resolve=True),
-                        **OmegaConf.to_container(cfg.eval, resolve=True))
+                        sampling=dict(sampling or {}), **OmegaConf.to_container(cfg.eval, resolve=True))
 
 
-def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None):
+def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None, sampling=None):
     """An Evaluator from eval.yaml's settings (also used by tests and scripts)."""
     from genlab import data as data_lib
     from genlab.metrics.evaluator import Evaluator
 
     fd = data_lib.full_dataset(dcfg, data) if data.kind == "image" and data.num_classes else None
-    return Evaluator(data, eval_settings(cfg, num_samples), metrics=metrics, device=device, featurenet_data=fd)
+    return Evaluator(data, eval_settings(cfg, num_samples, sampling), metrics=metrics, device=device, featurenet_data=fd)
 
 
 def _fmt(v) -> str:
@@ -67,12 +69,13 @@ def _fmt(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    """metric | model | real-data floor | better | n, as fixed-width text."""
-    head = ("metric", "model", "real-data floor", "better", "n (samples/ref)")
+    """metric | model | real-data floor | blurred floor | better | n, as fixed-width text."""
+    head = ("metric", "model", "real-data floor", "blurred floor", "better", "n (samples/ref)")
     lines = [head]
     for r in rows:
         counts = f"{r['num_samples']}" + (f"/{r['num_reference']}" if r.get("num_reference") else "")
-        lines.append((r["metric"], _fmt(r["value"]), _fmt(r.get("floor")), r.get("better") or "", counts))
+        lines.append((r["metric"], _fmt(r["value"]), _fmt(r.get("floor")), _fmt(r.get("floor_blurred")),
+                      r.get("better") or "", counts))
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     out = ["  ".join(c.ljust(w) for c, w in zip(l, widths)).rstrip() for l in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
@@ -86,6 +89,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
     from genlab.metrics.table import better
 
     t0 = time.perf_counter()
+    progress.configure(cfg.progress)
     if cfg.num_samples is not None and int(cfg.num_samples) < 2:
         raise GenlabError(f"num_samples must be >= 2, got {cfg.num_samples}")
     out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "eval.json"
@@ -97,20 +101,34 @@ def evaluate_run(cfg: DictConfig) -> dict:
 
     torch.set_num_threads(default_threads(data.kind))
     metrics = list(cfg.metrics) if cfg.metrics else None
-    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples)
+    from genlab.commands.sample import sampler_options
+
+    sampling = sampler_options(cfg, run.model)
+    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples, sampling)
     groups = ev.groups(run.model)
     if not groups:
         raise GenlabError(f"none of metrics={metrics} applies to {data.name} / {run.cfg.model.name}; "
                           f"leave metrics unset for all that apply")
-    log.info("evaluating %s (step %d) on %s: %s, %d samples, reference split %s", run.path, run.info["step"],
-             data.name, ", ".join(groups), ev.num_samples, ev.split)
+    from genlab.metrics.table import metric
+
+    draws = any(metric(g).uses_samples for g in groups)
+    log.info("evaluating %s (step %d) on %s: %s, %s, reference split %s", run.path, run.info["step"], data.name,
+             ", ".join(groups), f"{ev.num_samples} samples" if draws else "no samples", ev.split)
+    cost = sampling_cost(run.model, ev.num_samples, int(cfg.batch_size)) if draws else None
+    if cost:
+        print(cost, file=sys.stderr, flush=True)
     entries, samples = ev.evaluate(run.model, groups)
     floor = ev.floor(groups) if cfg.floor else {}
+    sigma = cfg.get("floor_blur")
+    # Images: held-out real data blurred too, so a blurry model's score is read against blur's own score.
+    blurred = ev.floor(groups, blur=float(sigma)) if cfg.floor and sigma and data.kind == "image" else {}
     run_dir = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path.parent
     rows = []
     for key, e in entries.items():
         f = floor.get(key)
+        b = blurred.get(key)
         rows.append({"metric": key, "value": float(e.value), "floor": float(f.value) if f else None,
+                     "floor_blurred": float(b.value) if b else None,
                      "better": better(key), "num_samples": e.num_samples, "num_reference": e.num_reference,
                      "floor_num_samples": f.num_samples if f else None, "feature_network": e.feature_network,
                      "split": ev.split if e.num_reference else e.extra.get("split"), **e.extra})
@@ -119,10 +137,12 @@ def evaluate_run(cfg: DictConfig) -> dict:
     result = {
         "run": str(run_dir), "checkpoint": str(run.path), "step": int(run.info["step"]),
         "model": str(run.cfg.model.name), "dataset": data.name, "split": ev.split, "heldout_split": ev.heldout,
-        "num_samples": ev.num_samples, "seed": int(cfg.seed), "genlab_version": __version__,
+        "num_samples": ev.num_samples, "seed": int(cfg.seed), "sampling": sampling, "genlab_version": __version__,
         "feature_networks": nets, "skipped": ev.skipped, "metrics": rows,
         "values": {r["metric"]: r["value"] for r in rows},
         "floor": {r["metric"]: r["floor"] for r in rows if r["floor"] is not None},
+        "floor_blurred": {r["metric"]: r["floor_blurred"] for r in rows if r["floor_blurred"] is not None},
+        "floor_blur_sigma": float(sigma) if blurred else None,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -162,7 +182,9 @@ def _log_tb(run_dir: Path, result: dict, grid) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         evaluate_run(cfg)
 
 

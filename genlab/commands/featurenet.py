@@ -14,9 +14,11 @@ register_configs()
 def featurenet(cfg: DictConfig):
     """The `genlab featurenet` command; returns the FeatureNet."""
     from genlab import data as data_lib
+    from genlab import progress
     from genlab.device import resolve_device
     from genlab.metrics import featurenet as fnet
 
+    progress.configure(cfg.progress)
     data = data_lib.full_dataset(cfg.dataset)
     fn = OmegaConf.to_container(cfg.featurenet, resolve=True)
     cache = fn.pop("cache_dir", None)

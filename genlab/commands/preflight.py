@@ -35,7 +35,7 @@ class Preflight:
         from genlab.device import resolve_device
 
         resolve_device(cfg.trainer.device)
-        check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every else None)
+        check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every or cfg.trainer.get("eval_every_time") else None)
         if self._once("optimizer:" + OmegaConf.to_yaml(cfg.optimizer, resolve=True)):
             check_optimizer(cfg.optimizer)
         if self._once("dataset:" + OmegaConf.to_yaml(cfg.dataset, resolve=True)):
@@ -68,8 +68,8 @@ def check_metrics(metrics) -> None:
 
 # Settings of `genlab sample` / `genlab eval` that must be whole numbers (>= the bound); None = optional.
 COUNTS = {
-    "sample": {"num_samples": 1, "batch_size": 1, "nrow": 1, "steps": 2, "seed": None},
-    "eval": {"num_samples": 2, "batch_size": 1, "seed": None},
+    "sample": {"num_samples": 1, "batch_size": 1, "nrow": 1, "path_length": 2, "steps": 1, "seed": None, "prior_components": 1},
+    "eval": {"num_samples": 2, "batch_size": 1, "steps": 1, "seed": None},
 }
 
 

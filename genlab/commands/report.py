@@ -3,8 +3,9 @@
 One row per configuration (the overrides that differ between the runs, seed left out), the metrics
 of eval.json (or the last eval_history.jsonl entry), steps, training time and status; the seeds of one
 configuration aggregated as mean ± std and n; the best value of each metric marked with *. Printed,
-and written as report.csv, report.md, runs.csv (one row per run) and report_<metric>.png (the metric
-against steps and against training time, one colour per configuration, one line per seed).
+and written as report.csv, report.md, runs.csv (one row per run), report_<metric>.png (the metric
+against steps and against training time, one colour per configuration, one line per seed) and
+report.html (all of it on one self-contained page, with each configuration's samples side by side).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from genlab.commands import report_html
 from genlab.commands.sweep import read_status
 from genlab.metrics.table import better
 
@@ -252,10 +254,11 @@ def main(argv: list[str] | None = None) -> None:
               + text_table(names, rows, markdown=True) + "\n")
         (out / "report.md").write_text(md)
         pngs = [] if a.no_plots else plots(out, names, runs)
+        (out / "report.html").write_text(report_html.render(names, rows, configurations(runs)[1], common, pngs, cell))
     except OSError as e:
         fail(f"report: cannot write to {out} ({e.strerror}); choose another folder with --out")
     print(f"{len(runs)} runs" + (f"; common: {shared}" if shared else ""))
     print(text_table(names, rows))
     print("* best of the column (by the metric's direction); mean ± std over seeds")
     print(f"wrote {out / 'report.csv'}, {out / 'report.md'}, {out / 'runs.csv'}"
-          + (f" and {len(pngs)} plot(s) {out}/report_*.png" if pngs else ""))
+          + (f", {len(pngs)} plot(s) {out}/report_*.png" if pngs else "") + f" and {out / 'report.html'}")

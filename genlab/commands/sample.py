@@ -6,6 +6,7 @@ float32 (N, D) for toy data; `labels` int64 (N,) when the model is conditional.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -14,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from genlab.commands.common import check_writable, load_run, run_folder, user_errors
+from genlab import progress
+from genlab.commands import ex_post
+from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
 from genlab.pixels import from_levels, to_uint8
 
@@ -26,7 +29,7 @@ def generate(model, n: int, seed: int, batch_size: int = 500, truncation: float 
 
     truncation=t draws the latent batch with every |z_i| > t redrawn (the truncation trick); noise
     gives the latent batch outright (interpolations, traversals); labels (n,) are split like noise."""
-    from genlab.sampling import batched_samples
+    from genlab.metrics.sampling import batched_samples
 
     g = torch.Generator(next(model.parameters()).device).manual_seed(int(seed))
     torch.manual_seed(int(seed))
@@ -100,6 +103,20 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     if not vals or any(not isinstance(v, int) or not 0 <= v < num_classes for v in vals):
         raise GenlabError(f"labels= must be an int or a list of ints in 0..{num_classes - 1}, got {value}")
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
+
+
+def sampler_options(cfg, model) -> dict:
+    """steps=, eta= and guidance= of the command line for the model's sampler, checked against it."""
+    opts = {k: cfg.get(k) for k in ("steps", "eta", "guidance") if cfg.get(k) is not None}
+    for k in ("eta", "guidance"):
+        if k in opts:
+            if isinstance(opts[k], bool) or not isinstance(opts[k], (int, float)):
+                raise GenlabError(f"{k} must be a number, got {opts[k]!r}")
+            opts[k] = float(opts[k])
+    problem = model.sampling_problem(**opts)
+    if problem:
+        raise GenlabError(problem)
+    return opts
 
 
 def npz_images(path: Path) -> torch.Tensor:
@@ -183,12 +200,15 @@ def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         sample(cfg)
 
 
 def sample(cfg: DictConfig) -> Path:
     """The `genlab sample` command."""
+    progress.configure(cfg.progress)
     if cfg.num_samples < 1:
         raise GenlabError(f"num_samples must be >= 1, got {cfg.num_samples}")
     out = Path(cfg.out) if cfg.out else run_folder(cfg.run) / "samples" / "sample.png"
@@ -198,6 +218,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    prior = cfg.get("prior")
+    ex_post.check_prior(prior, cfg.get("prior_components", 10))
+    if prior == "gmm" and (mode != "grid" or cfg.get("truncation") is not None or cfg.get("temperature") is not None):
+        raise GenlabError("prior=gmm draws latents from the fitted mixture: use it with mode=grid, without "
+                          "truncation= or temperature=")
     source = str(cfg.get("input") or "")
     given = npz_images(Path(source).expanduser()) if source.endswith(".npz") else None  # a bad file: one line first
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
@@ -213,6 +238,7 @@ def sample(cfg: DictConfig) -> Path:
         if cfg.temperature <= 0:
             raise GenlabError(f"temperature must be > 0, got {cfg.temperature}")
         kwargs["temperature"] = float(cfg.temperature)
+    kwargs.update(sampler_options(cfg, run.model))
     truncation = cfg.get("truncation")
     n, nrow = int(cfg.num_samples), cfg.nrow
     labels = None
@@ -220,13 +246,18 @@ def sample(cfg: DictConfig) -> Path:
         labels = parse_labels(cfg.get("labels"), n, run.spec.num_classes)
     elif cfg.get("labels") is not None:
         raise GenlabError("labels= needs a class-conditional model (cgan, acgan)")
-    if mode == "grid":
+    cost = sampling_cost(run.model, n, int(cfg.batch_size))
+    if cost:
+        print(cost, file=sys.stderr, flush=True)
+    if prior == "gmm":
+        x = ex_post.gmm_samples(run, n, int(cfg.prior_components), int(cfg.seed), int(cfg.batch_size))
+    elif mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:
-        steps = int(cfg.get("steps", 10))
+        steps = int(cfg.get("path_length", 10))
         if steps < 2:
-            raise GenlabError(f"steps must be >= 2 for mode={mode}, got {steps}")
+            raise GenlabError(f"path_length must be >= 2 for mode={mode}, got {steps}")
         rows = max(1, n // steps)
         z = (interpolation_latents(run.model, rows, steps, int(cfg.seed), truncation) if mode == "interp"
              else traversal_latents(run.model, rows, steps, int(cfg.seed)))

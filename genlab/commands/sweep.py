@@ -56,6 +56,9 @@ class RunStatus:
         else:
             r.setdefault("step", 0)
         r["wall_time"] = round(time.perf_counter() - self.t0, 3)
+        torch = sys.modules.get("torch")  # never imported here: status is written from runs that have it
+        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+            r["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         r["objective"] = self.objective
         r["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         if not self.enabled:

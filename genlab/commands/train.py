@@ -64,9 +64,12 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     from genlab.engine.trainer import Trainer
     from genlab.engine.writers import guard_log_files
 
+    from genlab import progress
+
     guard_log_files()  # a full disk under train.log is one line, not a traceback per record
     if not dist.is_main:  # rank 0 says it once
         logging.getLogger("genlab").setLevel(logging.WARNING)
+    progress.configure(bool(cfg.trainer.progress) and dist.is_main)
     state, path = None, None
     resume = cfg.trainer.resume
     if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
@@ -85,7 +88,8 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     first_stage = attach_first_stage(cfg)
     if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
         model.load_first_stage(first_stage)
-    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.objective) and dist.is_main:
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.get("eval_every_time") or cfg.trainer.objective) \
+            and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)
     if status is not None:

@@ -10,7 +10,7 @@ _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
 
 
-def parse_duration(value) -> float | None:
+def parse_duration(value, key: str = "trainer.max_time") -> float | None:
     """Seconds from 90, '90', '90s', '10m', '1h30m' (None or '' -> None, no budget)."""
     if value is None:
         return None
@@ -22,9 +22,9 @@ def parse_duration(value) -> float | None:
     except ValueError:
         m = _DURATION.match(text)
         if not m or not any(m.groups()):
-            raise GenlabError(f"trainer.max_time={value} is not a duration; use seconds (90) or units h/m/s "
+            raise GenlabError(f"{key}={value} is not a duration; use seconds (90) or units h/m/s "
                               "(90s, 10m, 1h30m)") from None
         seconds = sum(float(g) * _UNITS[u] for g, u in zip(m.groups(), "hms") if g)
     if not seconds > 0:
-        raise GenlabError(f"trainer.max_time must be > 0, got {value}")
+        raise GenlabError(f"{key} must be > 0, got {value}")
     return seconds

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from genlab import __version__
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
-from genlab.engine import distributed, signals, writers
+from genlab.engine import distributed, signals, tb_layout, writers
 from genlab.engine.budget import parse_duration
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
@@ -68,16 +68,19 @@ def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.
 
 
 @contextmanager
-def _side_effect_free(model: torch.nn.Module, device: torch.device):
-    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory."""
-    was_training = model.training
+def _side_effect_free(model: torch.nn.Module, device: torch.device, steps_bound: int | None = None):
+    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory;
+    samplers that take steps take at most steps_bound (trainer.sample_steps) meanwhile."""
+    was_training, bound = model.training, model.steps_bound
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.eval()
+        model.steps_bound = steps_bound
         try:
             yield
         finally:
             model.train(was_training)
+            model.steps_bound = bound
 
 
 class Trainer:
@@ -102,6 +105,15 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.max_time)
+        # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
+        self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
+        # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
+        # per second get curves with points at the same training times (genlab zoo) and lose at most
+        # that much training when interrupted.
+        self.every_time = {"eval": parse_duration(self.tcfg.get("eval_every_time"), "trainer.eval_every_time"),
+                           "checkpoint": parse_duration(self.tcfg.get("checkpoint_every_time"),
+                                                        "trainer.checkpoint_every_time")}
+        self._next_time: dict[str, float] = {}
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
         self.started: float | None = None
         self.stopped_by_time = False
@@ -180,13 +192,23 @@ class Trainer:
 
     def train_time(self) -> float:
         """Seconds this run has trained (periodic evaluation excluded), earlier segments included."""
-        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.elapsed + (self.clock() - self.started if self.started is not None else 0.0)
 
     def out_of_time(self) -> bool:
         """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
         if self.max_seconds is None:
             return False
         return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
+
+    def due_by_time(self) -> set[str]:
+        """Which of eval / checkpoint trainer.*_every_time makes due now: rank 0's clock decides for every rank."""
+        if not self._next_time:
+            return set()
+        now = self.train_time()
+        due = {k for k, at in self._next_time.items() if now >= at}
+        for k in due:
+            self._next_time[k] = (now // self.every_time[k] + 1) * self.every_time[k]
+        return set(self.dist.broadcast(sorted(due)))
 
     # ---- the loop -----------------------------------------------------------------------------
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
@@ -196,6 +218,7 @@ class Trainer:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
         self.writer = writers.EventWriter(self.run_dir / "tb") if self.dist.is_main else distributed.NullWriter()
+        self.layout = tb_layout.Layout(self.writer)
         if self.step == 0:
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(self.cfg) + "\n```", 0)
         if self.dist.is_main:
@@ -233,7 +256,9 @@ class Trainer:
         with self.finishing():
             if t.sample_every and (self.step % t.sample_every != 0 or self.stopped_by_time):
                 self.log_images()
-            if t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time):
+            evaluated = self.last_eval is not None and self.last_eval["step"] == self.step
+            if (t.eval_every and (self.step % t.eval_every != 0 or self.stopped_by_time)) or (
+                    self.every_time["eval"] and not evaluated):
                 self.run_eval()
         return self._last
 
@@ -255,7 +280,8 @@ class Trainer:
         """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
-        self.started = tick
+        self.started = self.clock()
+        self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
         if self.step == 0 and t.sample_every:
             self.log_images()
         while self.step < t.max_steps:
@@ -303,11 +329,12 @@ class Trainer:
                 self.stopped_by_time = True
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
+            due = self.due_by_time()
             if t.sample_every and self.step % t.sample_every == 0:
                 self.log_images()
-            if t.eval_every and self.step % t.eval_every == 0:
+            if (t.eval_every and self.step % t.eval_every == 0) or "eval" in due:
                 self.run_eval()
-            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
             # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
             self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
@@ -364,6 +391,7 @@ class Trainer:
             self.writer.add_scalar(k, v, self.step)
         for k, o in self.optimizers.items():
             self.writer.add_scalar(f"lr/{k}", o.param_groups[0]["lr"], self.step)
+        self.layout.update([*scalars, *(f"lr/{k}" for k in self.optimizers)])
 
     def log_images(self) -> None:
         """Model visuals from the fixed inputs to TensorBoard; the first also to samples/step_XXXXXX.png."""
@@ -377,7 +405,7 @@ class Trainer:
             if cap == 0:
                 return
             fixed["n"] = min(fixed["n"], int(cap))
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -387,11 +415,11 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        t0, trained = time.perf_counter(), self.train_time()
+        t0, c0, trained = time.perf_counter(), self.clock(), self.train_time()
         metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
         if not self.dist.is_main:
             self.keep_best(metrics)  # best.pt's save is a collective every rank joins
-            self._after_eval(metrics, t0)
+            self._after_eval(metrics, c0)
             return metrics
         seconds = time.perf_counter() - t0
         self.eval_seconds += seconds
@@ -401,24 +429,26 @@ class Trainer:
             # history and the log only.
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(f"eval/{k}", v, self.step)
+        self.layout.update(["perf/eval_seconds", *(f"eval/{k}" for k, v in metrics.items()
+                                                   if isinstance(v, (int, float)) and not isinstance(v, bool))])
         with open(self.run_dir / "eval_history.jsonl", "a") as f:
             f.write(json.dumps({"step": self.step, "train_time": round(trained, 3), **metrics}) + "\n")
         if metrics:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
-        self._after_eval(metrics, t0)
+        self._after_eval(metrics, c0)
         return metrics
 
-    def _after_eval(self, metrics: dict, t0: float) -> None:
+    def _after_eval(self, metrics: dict, c0: float) -> None:
         self.last_eval = {"step": self.step, **metrics}
         if self.started is not None:
             # Evaluation is outside the max_time budget: a fast model evaluates more often per second
             # of training and must not lose training time for it.
-            self.started += time.perf_counter() - t0
+            self.started += self.clock() - c0
 
     def _evaluate(self) -> dict:
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.eval_nll_images,
                                                k=self.tcfg.eval_nll_k))
             if self.evaluator is not None:

@@ -25,7 +25,7 @@ from genlab.metrics._distance import kth_neighbour_distance
 from genlab.metrics.records import Entry, EvalSettings, Metric, Scoring
 from genlab.metrics.refcache import ReferenceCache, tensor_digest
 from genlab.metrics.table import BY_NAME, base_name, better, metric
-from genlab.sampling import batched_samples
+from genlab.metrics.sampling import batched_samples
 from genlab.seeds import derive
 
 log = logging.getLogger("genlab")
@@ -184,7 +184,8 @@ class Evaluator:
         labels = None
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
-        return batched_samples(model, n, self.seed, self.settings.batch_size, labels=labels), labels
+        return batched_samples(model, n, self.seed, self.settings.batch_size, labels=labels,
+                               **self.settings.sampling), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
     def score(self, x: torch.Tensor, groups: list[str], target_labels=None, embedded=None,
@@ -211,11 +212,15 @@ class Evaluator:
     def evaluate(self, model, groups: list[str] | None = None) -> tuple[dict[str, Entry], torch.Tensor]:
         """Metrics of the model's samples (and its own held-out likelihood); returns (entries, samples)."""
         groups = groups or self.groups(model)
-        x, labels = self.samples(model)
+        if any(metric(g).uses_samples for g in groups):
+            x, labels = self.samples(model)
+        else:  # e.g. metrics=[nll]: the model's own likelihood, no samples to draw
+            x, labels = torch.empty(0), None
         return self.score(x, groups, labels, model=model), x
 
-    def floor(self, groups: list[str]) -> dict[str, Entry]:
-        """The same metrics for real held-out data (the other split) at the same sample count."""
+    def floor(self, groups: list[str], blur: float | None = None) -> dict[str, Entry]:
+        """The same metrics for real held-out data (the other split) at the same sample count; blurred by a
+        Gaussian of `blur` pixels when given (a floor that tells sharp samples from blurry ones)."""
         held = self._split_x(self.heldout)
         n = min(self.num_samples, len(held))
         g = torch.Generator().manual_seed(derive(self.seed, "floor"))
@@ -228,6 +233,10 @@ class Evaluator:
             cpu = idx.cpu()
             return f["feats"][cpu], (f["probs"][cpu] if "probs" in f else None)
 
+        if blur:
+            from genlab.pixels import gaussian_blur
+
+            x, embedded = gaussian_blur(x, blur), None
         return self.score(x, [g_ for g_ in groups if metric(g_).floor], y[idx].cpu() if y is not None else None,
                           embedded)
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genlab import safeio
+from genlab import progress, safeio
 from genlab.errors import GenlabError
 from genlab.metrics.refcache import cache_root, module_digest
 from genlab.pixels import from_levels, to_uint8
@@ -108,10 +108,12 @@ class FeatureNet:
         """Features (N, D) float32 and softmax (N, K) of images in [-1, 1] (N, C, H, W), on CPU."""
         dev = next(self.net.parameters()).device
         feats, probs = [], []
-        for i in range(0, len(x), batch_size):
-            f = self.net.features(x[i:i + batch_size].to(dev).float())
-            feats.append(f.cpu())
-            probs.append(F.softmax(self.net.head(f), 1).cpu())
+        with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
+            for i in range(0, len(x), batch_size):
+                f = self.net.features(x[i:i + batch_size].to(dev).float())
+                feats.append(f.cpu())
+                probs.append(F.softmax(self.net.head(f), 1).cpu())
+                bar.update(len(f))
         return torch.cat(feats), torch.cat(probs)
 
 
@@ -159,7 +161,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
     steps = max(1, -(-len(x) // recipe.batch_size)) * recipe.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), progress.bar(steps, f"training feature network {recipe.id}", "step") as bar:
         torch.manual_seed(recipe.seed)  # dropout masks
         for epoch in range(recipe.epochs):
             net.train()
@@ -173,6 +175,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
                 loss.backward()
                 opt.step()
                 sched.step()
+                bar.update()
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
             log.info("featurenet %s: epoch %d/%d, train loss %.4f (%.0fs)", recipe.id, epoch + 1,
@@ -261,11 +264,13 @@ class InceptionNet:
         """2048-d pool features and softmax of the 1008 logits for images in [-1, 1]."""
         dev = next(self.net.parameters()).device
         feats, probs = [], []
-        for i in range(0, len(x), batch_size):
-            xb = to_uint8(x[i:i + batch_size])
-            if xb.shape[1] == 1:
-                xb = xb.expand(-1, 3, -1, -1)
-            f, logits = self.net(xb.to(dev))
-            feats.append(f.float().cpu())
-            probs.append(F.softmax(logits.double(), 1).float().cpu())
+        with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
+            for i in range(0, len(x), batch_size):
+                xb = to_uint8(x[i:i + batch_size])
+                if xb.shape[1] == 1:
+                    xb = xb.expand(-1, 3, -1, -1)
+                f, logits = self.net(xb.to(dev))
+                feats.append(f.float().cpu())
+                probs.append(F.softmax(logits.double(), 1).float().cpu())
+                bar.update(len(xb))
         return torch.cat(feats), torch.cat(probs)

@@ -71,7 +71,8 @@ class Metric:
     keys: scalar name -> direction (one of DIRECTIONS); cost: one of COSTS; applies(data, model): whether it
     makes sense here (model None: whatever the model); score: "module:function" taking a Scoring and
     returning {key: Entry}; per_network: scored once per feature network, keys tagged [net.name];
-    floor: held-out real data is scored the same way for the floor column."""
+    floor: held-out real data is scored the same way for the floor column; uses_samples: it reads the
+    model's samples (else none are drawn for it: a PixelCNN's NLL needs no ancestral sampling)."""
 
     name: str
     keys: dict
@@ -81,6 +82,8 @@ class Metric:
     per_network: bool = False
     floor: bool = True
     settings: tuple = ()  # the EvalSettings fields it reads (documentation and eval.yaml)
+    #: whether it scores the model's samples; a model's own likelihood does not, so metrics=[nll] draws none
+    uses_samples: bool = True
 
 
 @dataclass
@@ -102,3 +105,4 @@ class EvalSettings:
     nll_k: Optional[int] = None  # importance samples of an estimated NLL (None = the model's own)
     featurenet: dict = field(default_factory=dict)  # the feature network's recipe overrides, cache_dir
     cache: bool = True  # keep reference features on disk next to the feature network
+    sampling: dict = field(default_factory=dict)  # the sampler's settings for model.sample (diffusion: steps, eta, guidance)

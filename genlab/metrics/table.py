@@ -25,6 +25,10 @@ def toy_mixture(data, model) -> bool:
     return data.kind == "points" and "centers" in data.info
 
 
+def stacked_images(data, model) -> bool:
+    return data.kind == "image" and "stacked_base" in data.info
+
+
 def likelihood_model(data, model) -> bool:
     return model is not None and model.family == "likelihood"
 
@@ -43,11 +47,14 @@ METRICS: tuple[Metric, ...] = (
            "genlab.metrics.classes:score_conditional", per_network=True),
     Metric("modes", {"modes": "higher", "high_quality": "higher", "reverse_kl": "lower"}, "cheap", toy_mixture,
            "genlab.metrics.toy:score"),
+    Metric("stacked", {"stacked_modes": "higher", "stacked_kl": "lower"}, "cheap", stacked_images,
+           "genlab.metrics.stacked:score"),
     Metric("memorization", {"nn_ratio": "~1", "closer_than_test_median": "~0.5"}, "costly", anywhere,
            "genlab.metrics.memorization:score", settings=("memorization_samples",)),
     Metric("nll", {"test_nll_nats": "lower", "test_bits_per_dim": "lower", "test_neg_elbo_nats": "lower",
                    "test_elbo_bits_per_dim": "lower", "test_kl_nats": ""}, "cheap", likelihood_model,
-           "genlab.metrics.likelihood:score", floor=False, settings=("nll_images", "nll_k")),
+           "genlab.metrics.likelihood:score", floor=False, settings=("nll_images", "nll_k"),
+           uses_samples=False),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

@@ -40,6 +40,13 @@ class Model(nn.Module):
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
     accepts_temperature: bool = False
+    #: an auto-encoder: codes(x) gives the latent codes of data and decode(z) data again, so an ex-post
+    #: prior can be fitted to the codes (genlab sample prior=gmm)
+    encodes: bool = False
+    #: the sampler settings sample() takes (`genlab sample steps= eta= guidance=`): diffusion models
+    sample_options: tuple = ()
+    #: the trainer's cap on sampling steps around its periodic pictures and evaluation (None: no cap)
+    steps_bound: int | None = None
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
     #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
@@ -86,6 +93,19 @@ class Model(nn.Module):
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
 
+    def sampling_problem(self, **options) -> str | None:
+        """Why these sampler settings (None = not given) cannot work on this model (None if they can)."""
+        given = [k for k, v in options.items() if v is not None and k not in self.sample_options]
+        if given:
+            return (f"{given[0]}= sets a diffusion sampler; {self.cfg.name} does not sample in steps (the images "
+                    "per row of mode=interp/traverse are path_length=)" if not self.sample_options
+                    else f"{given[0]}= does not apply to {self.cfg.name}; its sampler takes {', '.join(self.sample_options)}")
+        return None
+
+    def sample_seconds(self, n: int) -> float | None:
+        """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
+        return None
+
     def latent_shape(self) -> tuple | None:
         """The shape of one standard-normal latent that sample(noise=...) takes; None: no latent input."""
         return None
@@ -128,6 +148,7 @@ class NetConfig:
     base_channels: int = 64
     norm: str = "batch"
     spectral_norm: bool = False
+    pieces: int = 1  # maxout pieces of an MLP's hidden units (1 = the usual activation)
 
 
 def conv_size_problem(shape) -> str | None:

@@ -119,6 +119,8 @@ def discriminator_loss_with_wrong_labels(loss, d_real, d_fake, d_wrong, weight: 
 class ConditionalGAN(GAN):
     """G(z, y) against D(x, y): cGAN (projection or concat D, wrong-label term) and AC-GAN (classifier head)."""
 
+    packs = False  # per-sample conditions or heads (labels, codes, reconstructions)
+
     Config = ConditionalGANConfig
     conditional = True
 

@@ -86,6 +86,7 @@ class CycleGAN(GAN):
 
     Config = CycleGANConfig
     translates = True
+    packs = False  # each domain's PatchGAN judges one image (packing two-domain batches is not built)
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:

@@ -45,6 +45,8 @@ class AutoEncoder(nn.Module):
 class EBGAN(GAN):
     """G(z) against an auto-encoder discriminator whose reconstruction error is the energy."""
 
+    packs = False  # per-sample conditions or heads (labels, codes, reconstructions)
+
     Config = EBGANConfig
 
     @classmethod

@@ -35,6 +35,25 @@ class AdversarialConfig(Regularisers, Augmentation):
     n_critic: int = 1
     # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
     ema_decay: Optional[float] = None
+    # PacGAN (Lin et al. 2018): D judges m samples at once, joined along features (points) or channels
+    # (images), for real and fake batches alike; trainer.batch_size counts samples (batch_size / m packs).
+    pack: int = 1
+
+
+def packed_spec(spec, m: int):
+    """The spec of D's packed inputs: m samples joined along features (points) or channels (images)."""
+    if m == 1:
+        return spec
+    import dataclasses
+
+    return dataclasses.replace(spec, shape=(spec.shape[0] * m, *spec.shape[1:]))
+
+
+def pack(x: torch.Tensor, m: int) -> torch.Tensor:
+    """(N, C, ...) -> (N / m, m C, ...): consecutive groups of m samples joined along dim 1 (PacGAN)."""
+    if m == 1:
+        return x
+    return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
 
 
 @dataclass
@@ -58,6 +77,8 @@ class GAN(Model):
     """Generator G(z) against discriminator/critic D(x) under an adversarial loss from the table."""
 
     Config = GANConfig
+    #: D's inputs may be packed (model.pack): D scores each input without a per-sample condition or head
+    packs: bool = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -73,6 +94,11 @@ class GAN(Model):
             return problem
         if cfg.n_critic < 1:
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
+        if cfg.pack < 1:
+            return f"model.pack must be >= 1 (1 = no packing), got {cfg.pack}"
+        if cfg.pack > 1 and not cls.packs:
+            return (f"model {cfg.name} scores each sample with a condition or a head of its own, so its "
+                    "discriminator inputs cannot be packed; use model.pack=1")
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
         return None
@@ -112,7 +138,8 @@ class GAN(Model):
     # ---- hooks --------------------------------------------------------------------------------------
     def build_networks(self, cfg, spec) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(G, D) for this variant."""
-        return nets.generator(cfg.generator, spec, cfg.z_dim), nets.discriminator(cfg.discriminator, spec)
+        return nets.generator(cfg.generator, spec, cfg.z_dim), nets.discriminator(cfg.discriminator,
+                                                                                   packed_spec(spec, cfg.pack))
 
     def fake(self, n: int) -> tuple[torch.Tensor, Any]:
         """n generated samples and the condition they were made under (None: unconditional)."""
@@ -126,6 +153,10 @@ class GAN(Model):
         """How D's heads turn (x, cond) into (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
+    def generator_needs_data(self) -> bool:
+        """Whether the generator step draws a real batch (the loss uses D(real); the AAE encodes it)."""
+        return self.loss.generator_needs_real
+
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
         """Extra terms of D's loss (0 and no logs here)."""
         return 0.0, {}
@@ -138,8 +169,8 @@ class GAN(Model):
     def discriminate(self, x: torch.Tensor, cond: Any = None) -> tuple[torch.Tensor, Any]:
         """(scores, aux) of D on x under cond: the one path of every D input; augments, then heads()."""
         x = self.augment(x)
-        # Packing (PacGAN) joins m augmented samples here, before D's heads see them.
-        return self.heads(x, cond)
+        # Packing (PacGAN) joins m augmented samples here, before D's heads see them: one score per pack.
+        return self.heads(pack(x, self.cfg.pack), cond)
 
     def update_ema(self, logs: dict | None = None) -> None:
         """The generator Step's `after` hook."""
@@ -172,7 +203,7 @@ class GAN(Model):
         if lazy_r1(self.cfg):
             steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=self._clip))
         steps.append(Step("generator", "generator", self.generator_step, after=self.update_ema,
-                          needs_data=self.loss.generator_needs_real))
+                          needs_data=self.generator_needs_data()))
         return steps
 
     def latent_shape(self):
@@ -200,14 +231,15 @@ class GAN(Model):
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx)
+        penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx,
+                                      group=self.cfg.pack)
         logs.update(more)
         return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx)
+        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx, group=self.cfg.pack)
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))
@@ -227,8 +259,8 @@ class GAN(Model):
         return self.sampler(z.to(self.device)).float()
 
     def critic_values(self, x: torch.Tensor) -> torch.Tensor:
-        """The discriminator's scalar output per point, for the toy heat-maps."""
-        return self.discriminate(x, None)[0]
+        """The discriminator's scalar output per point, for the toy heat-maps (packed: m copies of the point)."""
+        return self.discriminate(x.repeat_interleave(self.cfg.pack, 0), None)[0]
 
     @torch.no_grad()
     def visuals(self, fixed, data):

@@ -49,6 +49,8 @@ class InfoDiscriminator(nn.Module):
 class InfoGAN(GAN):
     """GAN on (z, c) with Q(c | x) sharing D's body; both players add -lambda * L_I."""
 
+    packs = False  # per-sample conditions or heads (labels, codes, reconstructions)
+
     Config = InfoGANConfig
 
     @classmethod

@@ -14,6 +14,7 @@ from collections import defaultdict
 
 import torch
 
+from genlab import progress
 from genlab.metrics.likelihood import nats_to_bits_per_dim
 from genlab.models.base import Batch, Model, Step, StepContext
 
@@ -96,14 +97,18 @@ class LikelihoodModel(Model):
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         n = 0
         dev = next(self.parameters()).device
+        limit = limit or self.cfg.eval_limit
+        total = min(limit, len(data.raw("test"))) if limit else len(data.raw("test"))
         self.eval_k_override = k
         try:
-            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                    progress.bar(total, "test NLL", "img") as bar:
                 torch.manual_seed(EVAL_SEED)
-                for b in data.batches("test", self.eval_batch_size(), limit=limit or self.cfg.eval_limit):
+                for b in data.batches("test", self.eval_batch_size(), limit=limit):
                     for name, v in self.eval_terms(b).items():
                         parts[name].append(v)
                     n += len(b)
+                    bar.update(len(b))
             return {**self.report({k: torch.cat(v) for k, v in parts.items()}), **self.protocol(data, n)}
         finally:
             self.eval_k_override = None

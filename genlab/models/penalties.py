@@ -10,14 +10,17 @@ import torch
 from genlab.types import StepContext
 
 
-def interpolates(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """Points on straight lines between real and fake samples, one uniform alpha per sample."""
-    alpha = torch.rand(real.shape[0], *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+def interpolates(real: torch.Tensor, fake: torch.Tensor, group: int = 1) -> torch.Tensor:
+    """Points on straight lines between real and fake samples, one uniform alpha per sample (per pack of
+    `group` samples when D judges packs: the line runs between a real and a fake pack)."""
+    alpha = torch.rand(real.shape[0] // group, *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
+    alpha = alpha.repeat_interleave(group, 0)
     return alpha * real + (1 - alpha) * fake
 
 
-def input_gradients(critic, x: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
-    """grad_x critic(x) per sample, flattened (N, D), differentiable, safe under fp16 loss scaling.
+def input_gradients(critic, x: torch.Tensor, ctx: StepContext | None = None, group: int = 1) -> torch.Tensor:
+    """grad_x critic(x) per sample, flattened (N, D), differentiable, safe under fp16 loss scaling; per
+    pack (N / group, group D) when the critic scores packs of `group` samples (PacGAN).
 
     Follows PyTorch's AMP recipe: the output handed to autograd.grad is scaled so small fp16
     gradients do not underflow, and the resulting input gradient is unscaled before the norm.
@@ -26,18 +29,19 @@ def input_gradients(critic, x: torch.Tensor, ctx: StepContext | None = None) -> 
     x = x.detach().requires_grad_(True)
     out = critic(x)
     (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
-    return grad.float().flatten(1) * ctx.inv_scale()
+    return grad.float().reshape(x.shape[0] // group, -1) * ctx.inv_scale()
 
 
-def gradient_penalty(critic, x: torch.Tensor, ctx: StepContext | None = None, center: float = 1.0) -> torch.Tensor:
-    """E[(||grad_x critic(x)|| - center)^2] (Gulrajani et al. 2017) at the points x."""
-    return ((input_gradients(critic, x, ctx).norm(2, dim=1) - center) ** 2).mean()
+def gradient_penalty(critic, x: torch.Tensor, ctx: StepContext | None = None, center: float = 1.0,
+                     group: int = 1) -> torch.Tensor:
+    """E[(||grad_x critic(x)|| - center)^2] (Gulrajani et al. 2017) at the points (or packs) x."""
+    return ((input_gradients(critic, x, ctx, group).norm(2, dim=1) - center) ** 2).mean()
 
 
-def r1_penalty(critic, real: torch.Tensor, ctx: StepContext | None = None) -> torch.Tensor:
+def r1_penalty(critic, real: torch.Tensor, ctx: StepContext | None = None, group: int = 1) -> torch.Tensor:
     """E||grad_x critic(x)||^2 on real data (R1, Mescheder et al. 2018); the caller weighs it by gamma / 2."""
     # The squared norm as a sum of squares: no square root, so the gradient is defined at 0 too.
-    return input_gradients(critic, real, ctx).pow(2).sum(1).mean()
+    return input_gradients(critic, real, ctx, group).pow(2).sum(1).mean()
 
 
 @torch.no_grad()
@@ -87,21 +91,23 @@ def lazy_ratio(cfg) -> float:
     return cfg.r1_every / (cfg.r1_every + 1) if lazy_r1(cfg) else 1.0
 
 
-def r1_term(cfg, critic, real: torch.Tensor, ctx: StepContext | None = None):
+def r1_term(cfg, critic, real: torch.Tensor, ctx: StepContext | None = None, group: int = 1):
     """(r1_weight / 2) * E||grad_x D(x_real)||^2, times r1_every when it runs lazily; (loss, logs)."""
-    r1 = r1_penalty(critic, real, ctx)
+    r1 = r1_penalty(critic, real, ctx, group)
     return 0.5 * cfg.r1_weight * cfg.r1_every * r1, {"r1_penalty": r1.detach()}
 
 
-def penalty_terms(cfg, critic, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext | None = None):
-    """The gradient penalty and (unless lazy) R1 of one discriminator step: (extra loss, logs)."""
+def penalty_terms(cfg, critic, real: torch.Tensor, fake: torch.Tensor, ctx: StepContext | None = None,
+                  group: int = 1):
+    """The gradient penalty and (unless lazy) R1 of one discriminator step: (extra loss, logs); group > 1
+    when the critic judges packs of that many samples (norms and interpolation lines are per pack)."""
     extra, logs = 0.0, {}
     if cfg.gp_weight > 0:
-        gp = gradient_penalty(critic, interpolates(real, fake), ctx, cfg.gp_center)
+        gp = gradient_penalty(critic, interpolates(real, fake, group), ctx, cfg.gp_center, group)
         extra = extra + cfg.gp_weight * gp
         logs["gradient_penalty"] = gp.detach()
     if cfg.r1_weight > 0 and not lazy_r1(cfg):
-        r1, more = r1_term(cfg, critic, real, ctx)
+        r1, more = r1_term(cfg, critic, real, ctx, group)
         extra = extra + r1
         logs.update(more)
     return extra, logs

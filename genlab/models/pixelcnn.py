@@ -98,7 +98,12 @@ class PixelCNN(LikelihoodModel):
         y = None
         if self.conditional:
             y = labels.to(dev) if labels is not None else self.default_labels(n, dev)
-        return self.net.sample(n, y, generator=generator, progress=self.cfg.progress).float()
+        return self.net.sample(n, y, generator=generator, progress=None if self.cfg.progress else False).float()
+
+    def sample_seconds(self, n: int) -> float:
+        """Timed, not guessed: the network's own sampling steps on n images (see nets.pixelcnn)."""
+        dev = next(self.parameters()).device
+        return self.net.sampling_seconds(n, self.default_labels(n, dev) if self.conditional else None)
 
     @torch.no_grad()
     def visuals(self, fixed, data):

@@ -7,6 +7,10 @@ and a decoder p(x|z) that is a proper likelihood of the data it is given:
 - gaussian: points (a density), or 8-bit images, where the density of uniformly dequantised pixels
   plus D*log(bin width) bounds the discrete log-likelihood (as for the flows).
 
+With model.prior=vamp (Tomczak & Welling 2018) the prior is the VampPrior p(z) = 1/K sum_k q(z | u_k),
+a mixture of the encoder's posteriors at K learned pseudo-inputs u_k (model.prior_components); its KL
+term is then the single-sample estimate log q(z|x) - log p(z).
+
 So every number is in nats of the data the run was trained on, and 8-bit numbers are comparable with
 RealNVP, Glow and PixelCNN in bits/dim. Training minimises -ELBO (reconstruction + beta * KL, with
 KL warm-up and free bits) or, with iwae_k > 1, the IWAE bound. The test NLL is an importance-sampled
@@ -49,11 +53,14 @@ class VAEConfig:
     eval_k: int = 1000  # importance samples for the test NLL estimate
     eval_limit: int = 1000  # test examples used by evaluate()
     eval_chunk: int = 4096  # decoder evaluations per forward pass during evaluation
+    prior: str = "standard"  # standard (N(0, I)) | vamp (the VampPrior)
+    prior_components: int = 500  # prior=vamp: K pseudo-inputs
     encoder: NetConfig = field(default_factory=NetConfig)
     decoder: NetConfig = field(default_factory=NetConfig)
 
 
 DISTS = ("auto", "bernoulli", "logistic", "gaussian")
+PRIORS = ("standard", "vamp")
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -93,6 +100,7 @@ class VAE(LikelihoodModel):
     Config = VAEConfig
     key = "vae"
     accepts_temperature = True
+    encodes = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
@@ -118,6 +126,12 @@ class VAE(LikelihoodModel):
             return "model.kl_warmup_steps and model.free_bits must be >= 0"
         if cfg.free_bits > 0 and cfg.iwae_k > 1:
             return "model.free_bits applies to the ELBO only; use it with model.iwae_k=1"
+        if cfg.prior not in PRIORS:
+            return f"model.prior must be one of {', '.join(PRIORS)}, got {cfg.prior}"
+        if cfg.prior == "vamp" and cfg.prior_components < 1:
+            return f"model.prior_components must be >= 1, got {cfg.prior_components}"
+        if cfg.prior == "vamp" and cfg.free_bits > 0:
+            return "model.free_bits needs the KL per latent dimension, which the VampPrior has not; use prior=standard"
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.encoder.arch, spec.kind),
                                                nets.resolve_arch(cfg.decoder.arch, spec.kind)):
             return conv_size_problem(spec.shape)
@@ -134,6 +148,9 @@ class VAE(LikelihoodModel):
         self.decoder = nets.generator(cfg.decoder, out_spec, cfg.z_dim, out_activation="none")
         if self.dist == "gaussian" and cfg.gaussian_std is None:
             self.log_std = nn.Parameter(torch.zeros(*spec.shape))
+        if cfg.prior == "vamp":
+            # Pseudo-inputs in data space near its centre (Tomczak & Welling initialise them small, too).
+            self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(cfg.prior_components, *spec.shape))
 
     def networks(self):
         return {"vae": self}
@@ -176,6 +193,18 @@ class VAE(LikelihoodModel):
         lp = (-0.5 * ((x - out) / log_std.exp()).pow(2) - log_std - 0.5 * _LOG_2PI).sum(1)
         return lp + self.num_dims * math.log(PIXEL_BIN) if self.dequantized else lp
 
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VampPrior's components (mu, logvar), each (K, z_dim): q(z | u_k) at the pseudo-inputs."""
+        u = self.pseudo_inputs
+        return self.encode(F.hardtanh(u) if self.spec.kind == "image" else u)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) over the last dimension: N(0, I), or the VampPrior's mixture log(1/K sum_k q(z | u_k))."""
+        if self.cfg.prior == "standard":
+            return log_normal(z)
+        mu, logvar = self.prior_components()
+        return torch.logsumexp(log_normal(z.unsqueeze(-2), mu, logvar), -1) - math.log(len(mu))
+
     def kl_weight(self, step: int) -> float:
         """beta at this global step: linear warm-up from 0 to kl_weight over kl_warmup_steps."""
         w = self.cfg.kl_weight
@@ -187,9 +216,11 @@ class VAE(LikelihoodModel):
         """Per-example reconstruction log-likelihood and KL (per dimension too) for one sample."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rec = self.log_px_z(self.decoder(z), x)
+        if self.cfg.prior != "standard":  # no closed form: the single-sample estimate of the KL
+            return {"log_px_z": rec, "kl": log_normal(z, mu, logvar) - self.log_prior(z), "mu": mu}
         kl_dim = gaussian_kl_per_dim(mu, logvar)
-        return {"log_px_z": self.log_px_z(self.decoder(z), x), "kl": kl_dim.sum(1), "kl_dim": kl_dim,
-                "mu": mu}
+        return {"log_px_z": rec, "kl": kl_dim.sum(1), "kl_dim": kl_dim, "mu": mu}
 
     def log_weights(self, x: torch.Tensor, k: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x|z), log p(z) - log q(z|x)), each (k, N), for z ~ q(z|x); their sum is the log weight.
@@ -206,7 +237,7 @@ class VAE(LikelihoodModel):
             recon = self.decoder(z.reshape(s * n, -1))
             xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
             recs.append(self.log_px_z(recon, xs).view(s, n))
-            ratios.append(log_normal(z) - log_normal(z, mu, logvar))
+            ratios.append(self.log_prior(z) - log_normal(z, mu, logvar))
         return torch.cat(recs, 0), torch.cat(ratios, 0)
 
     def train_step(self, batch: Batch, ctx: StepContext):
@@ -274,10 +305,28 @@ class VAE(LikelihoodModel):
         """Mean images (or points) for latents z."""
         return _full(self.mean_image(self.decoder(z.to(next(self.parameters()).device))))
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior means of x: the latent codes an ex-post prior (genlab sample prior=gmm) is fitted to."""
+        return self.encode(self.prepare(x))[0]
+
+    def prior_latents(self, eps: torch.Tensor, components: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents of the prior from standard normal noise: z = eps, or for the VampPrior
+        z = mu_k + std_k * eps with component k of each row (default i mod K, so fixed noise gives fixed samples)."""
+        if self.cfg.prior == "standard":
+            return eps
+        mu, logvar = self.prior_components()
+        k = components if components is not None else torch.arange(len(eps), device=eps.device) % len(mu)
+        return mu[k] + (0.5 * logvar[k]).exp() * eps
+
     @torch.no_grad()
     def sample(self, n, *, generator=None, labels=None, noise=None, temperature=1.0, **kwargs):
-        z = noise if noise is not None else self.latent(n, generator)
-        return self.decode(z * temperature)
+        if noise is not None:
+            return self.decode(self.prior_latents(noise.to(next(self.parameters()).device) * temperature))
+        eps = self.latent(n, generator)
+        k = None
+        if self.cfg.prior == "vamp":  # a component drawn uniformly for each sample
+            k = torch.randint(self.cfg.prior_components, (n,), generator=generator, device=eps.device)
+        return self.decode(self.prior_latents(eps * temperature, k))
 
     @torch.no_grad()
     def visuals(self, fixed, data):

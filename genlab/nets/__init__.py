@@ -16,6 +16,20 @@ ARCHS = {
 }
 
 
+#: denoisers of diffusion and flow matching: net(x_t, t, y) -> a tensor of x's shape
+DENOISERS = {"mlp": "genlab.nets.unet.MLPDenoiser", "unet": "genlab.nets.unet.UNet"}
+
+
+def denoiser(net_cfg, spec, num_classes: int | None = None):
+    """The denoiser named by net_cfg.arch (auto: mlp for points, unet for images) for data of spec."""
+    arch = net_cfg.arch
+    if arch == "auto":
+        arch = "mlp" if spec.kind == "points" else "unet"
+    if arch not in DENOISERS:
+        raise GenlabError(f"unknown denoiser architecture '{arch}'; choose one of auto, {', '.join(DENOISERS)}")
+    return _build(DENOISERS[arch], net_cfg, shape=tuple(spec.shape), num_classes=num_classes)
+
+
 def resolve_arch(arch: str, kind: str) -> str:
     """`auto` -> mlp for points, conv for images; other names are checked against ARCHS."""
     if arch == "auto":

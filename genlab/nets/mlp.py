@@ -7,19 +7,31 @@ import math
 from torch import nn
 
 
+class Maxout(nn.Module):
+    """The maximum over `pieces` groups of features (Goodfellow et al. 2013): (N, pieces * k) -> (N, k)."""
+
+    def __init__(self, pieces: int):
+        super().__init__()
+        self.pieces = pieces
+
+    def forward(self, x):
+        return x.view(x.shape[0], -1, self.pieces).amax(-1)
+
+
 def mlp(in_dim: int, out_dim: int, hidden: int, depth: int, act: str = "relu", norm: str = "none",
-        spectral_norm: bool = False) -> nn.Sequential:
-    """`depth` hidden layers of width `hidden` with activation `act`, then a linear output."""
+        spectral_norm: bool = False, pieces: int = 1) -> nn.Sequential:
+    """`depth` hidden layers of width `hidden` with activation `act` (maxout of `pieces` linear maps when
+    pieces > 1, as LinearMaxout in the PacGAN/ALI code), then a linear output."""
     layers: list[nn.Module] = []
     d = in_dim
     for _ in range(depth):
-        lin = nn.Linear(d, hidden)
+        lin = nn.Linear(d, hidden * pieces)
         layers.append(nn.utils.parametrizations.spectral_norm(lin) if spectral_norm else lin)
         if norm == "batch":
-            layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.BatchNorm1d(hidden * pieces))
         elif norm == "layer":
-            layers.append(nn.LayerNorm(hidden))
-        layers.append(nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2))
+            layers.append(nn.LayerNorm(hidden * pieces))
+        layers.append(Maxout(pieces) if pieces > 1 else nn.ReLU() if act == "relu" else nn.LeakyReLU(0.2))
         d = hidden
     out = nn.Linear(d, out_dim)
     layers.append(nn.utils.parametrizations.spectral_norm(out) if spectral_norm else out)
@@ -46,14 +58,14 @@ class MLPGenerator(nn.Module):
 
 
 class MLPDiscriminator(nn.Module):
-    """point -> score: an MLP with LeakyReLU(0.2) hidden layers; `features` is the last hidden layer."""
+    """point -> score: an MLP with LeakyReLU(0.2) (or maxout) hidden layers; `features` is the last hidden layer."""
 
-    settings = ("hidden", "depth", "norm", "spectral_norm")
+    settings = ("hidden", "depth", "norm", "spectral_norm", "pieces")
 
     def __init__(self, shape: tuple, hidden: int = 256, depth: int = 3, norm: str = "none",
-                 spectral_norm: bool = False, out_dim: int = 1):
+                 spectral_norm: bool = False, out_dim: int = 1, pieces: int = 1):
         super().__init__()
-        net = mlp(math.prod(shape), out_dim, hidden, depth, "lrelu", norm, spectral_norm)
+        net = mlp(math.prod(shape), out_dim, hidden, depth, "lrelu", norm, spectral_norm, pieces)
         self.body, self.head = net[:-1], net[-1]
         self.feature_dim = hidden
         self.out_dim = out_dim

@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from genlab import pixels
+from genlab import progress as bars
 from genlab.pixels import from_levels
 
 _HALF_BIN = 1.0 / 255.0  # half the width of one of the 256 bins of [-1, 1]
@@ -300,22 +300,53 @@ class PixelCNN(nn.Module):
         return discretized_mix_logistic_log_prob(x, out)
 
     @torch.no_grad()
-    def sample(self, n: int, y=None, generator: torch.Generator | None = None, progress: bool = False):
-        """Ancestral sampling in raster order (and channel order for softmax256); returns x in [-1, 1]."""
+    def sample(self, n: int, y=None, generator: torch.Generator | None = None, progress: bool | None = False):
+        """Ancestral sampling in raster order (and channel order for softmax256); returns x in [-1, 1].
+
+        progress: a bar over the pixels (None: when stderr is a terminal)."""
         ref = next(self.parameters())
         c, h, w = self.shape
         x = torch.zeros(n, c, h, w, device=ref.device, dtype=ref.dtype)
-        for pos in tqdm(range(h * w), desc="PixelCNN sampling", disable=not progress, leave=False):
-            i, j = divmod(pos, w)
-            # Row i depends on rows <= i only, so the rows below are not computed (half the work).
-            if self.output == "softmax256":
-                for ch in range(c):
-                    probs = F.softmax(self(x[:, :, : i + 1], y)[:, ch, :, i, j], dim=1)
-                    x[:, ch, i, j] = from_levels(torch.multinomial(probs, 1, generator=generator)[:, 0], x.dtype)
-            else:
-                params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
-                x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
+        with bars.bar(h * w, f"PixelCNN sampling {n} images", "px", enabled=progress) as bar:
+            for pos in range(h * w):
+                self._sample_pixel(x, y, pos, generator)
+                bar.update()
         return x
+
+    @torch.no_grad()
+    def sampling_seconds(self, n: int, y=None, repeats: int = 3) -> float:
+        """Seconds sample(n) takes on this machine, timed on the first row's and the last row's pixel step:
+        a step's cost grows linearly with the rows it computes, so the mean of the two is the mean step."""
+        import time
+
+        ref = next(self.parameters())
+        c, h, w = self.shape
+        x = torch.zeros(n, c, h, w, device=ref.device, dtype=ref.dtype)
+        self._sample_pixel(x, y, 0, None)  # warm-up: the first call pays for allocations
+        times = []
+        for pos in (0, (h - 1) * w):
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                self._sample_pixel(x, y, pos, None)
+                if ref.device.type == "cuda":
+                    torch.cuda.synchronize(ref.device)
+                runs.append(time.perf_counter() - t0)
+            times.append(sorted(runs)[repeats // 2])
+        return h * w * (times[0] + times[1]) / 2
+
+    def _sample_pixel(self, x, y, pos: int, generator) -> None:
+        """Draw pixel `pos` (raster order) of every image of x in place, given the pixels before it."""
+        c, _, w = self.shape
+        i, j = divmod(pos, w)
+        # Row i depends on rows <= i only, so the rows below are not computed (half the work).
+        if self.output == "softmax256":
+            for ch in range(c):
+                probs = F.softmax(self(x[:, :, : i + 1], y)[:, ch, :, i, j], dim=1)
+                x[:, ch, i, j] = from_levels(torch.multinomial(probs, 1, generator=generator)[:, 0], x.dtype)
+        else:
+            params = self(x[:, :, : i + 1], y)[:, :, i : i + 1, j : j + 1]
+            x[:, :, i, j] = sample_discretized_mix_logistic(params, c, generator)[:, :, 0, 0]
 
 
 class CategoricalPixelCNN(nn.Module):
@@ -348,8 +379,10 @@ class CategoricalPixelCNN(nn.Module):
         dev = self.embed.weight.device
         rows, cols = self.shape
         codes = torch.zeros(n, rows, cols, dtype=torch.long, device=dev)
-        for pos in range(rows * cols):
-            i, j = divmod(pos, cols)
-            probs = F.softmax(self(codes[:, : i + 1])[:, :, i, j].float(), dim=1)
-            codes[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+        with bars.bar(rows * cols, f"prior sampling {n} code maps", "px") as bar:
+            for pos in range(rows * cols):
+                i, j = divmod(pos, cols)
+                probs = F.softmax(self(codes[:, : i + 1])[:, :, i, j].float(), dim=1)
+                codes[:, i, j] = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                bar.update()
         return codes

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from genlab import progress
+
 
 @torch.no_grad()
 def batched_samples(model, n: int, seed: int, batch_size: int, *, generator: torch.Generator | None = None,
@@ -15,7 +17,8 @@ def batched_samples(model, n: int, seed: int, batch_size: int, *, generator: tor
     dev = next(model.parameters()).device
     g = generator if generator is not None else torch.Generator(dev).manual_seed(int(seed))
     out = []
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+            progress.bar(n, "sampling", "img") as bar:
         torch.manual_seed(int(seed))  # whatever a sampler draws outside its generator (dropout, pools)
         for i in range(0, n, batch_size):
             m = min(batch_size, n - i)
@@ -23,4 +26,5 @@ def batched_samples(model, n: int, seed: int, batch_size: int, *, generator: tor
             if labels is not None:
                 kw["labels"] = labels[i:i + m].to(dev)
             out.append(model.sample(m, generator=g, **kw, **kwargs).float().cpu())
+            bar.update(m)
     return torch.cat(out) if out else torch.empty(0)

@@ -1,0 +1,700 @@
+"""genlab zoo: every model on the data it fits, one wall-clock budget, one evaluation protocol, one table.
+
+Built on what exists, not a scheduler of its own: one `genlab train -m` sweep per dataset (Hydra
+multirun, so any launcher override works), trainer.max_time as the budget, each job's status.json
+for what finished, genlab eval's evaluation for the scores, and genlab report's aggregation (mean ±
+std over seeds). Which data a model fits is its class's own answer (`check`, and whether it
+`translates`), never a list of names. A rerun into the same zoo.out skips finished jobs, resumes
+interrupted ones from their own last.pt (trainer.resume=auto) and keeps failed ones as failed rows.
+`zoo.suite=NAME` runs a published experiment (configs/suite/NAME.yaml) and writes its table in the
+paper's layout with the paper's numbers beside genlab's.
+
+  DIR/runs/<dataset>/<row>/s<seed>/   run folders (status.json, eval.json, checkpoints/, ...)
+  DIR/zoo.md, DIR/zoo.csv             one row per model (or suite variant) and dataset
+  DIR/gallery.png                     one labelled tile per row: samples of seed 0, scatter plots for points
+  DIR/zoo_<metric>.png                the metric against training time, one line per model
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from genlab.errors import GenlabError
+
+# Metric columns of the zoo table, by base name, in this order (those that apply to a row are filled).
+COLUMNS = ("fid", "kid", "precision", "recall", "coverage", "classes_covered", "modes", "high_quality",
+           "reverse_kl", "stacked_modes", "stacked_kl", "test_bits_per_dim")
+TIMES = ("steps", "steps_per_s", "train_s", "s_per_1k_samples")
+TILE = 196  # pixels of one gallery picture
+
+
+@dataclass
+class Cell:
+    """One row of the table: a model (or a suite's variant) on one dataset, trained once per seed."""
+
+    label: str
+    dataset: str
+    overrides: list[str]
+    seeds: list[int]
+    folder: Path
+    model: str = ""
+    error: str | None = None  # why the row did not run at all
+    jobs: list[dict] = field(default_factory=list)
+
+    def job_dir(self, seed: int) -> Path:
+        return self.folder / f"s{seed}"
+
+
+# ---- settings ----------------------------------------------------------------------------------
+def defaults() -> OmegaConf:
+    return OmegaConf.load(str(resources.files("genlab.configs") / "zoo.yaml"))
+
+
+def key_help() -> list[tuple[str, str, str]]:
+    """(key, default, comment) of every zoo.* key, read from configs/zoo.yaml."""
+    rows = []
+    for line in (resources.files("genlab.configs") / "zoo.yaml").read_text().splitlines():
+        m = re.match(r"^([a-z_]+):\s*(.*?)\s*(?:#\s*(.*))?$", line)
+        if m:
+            rows.append((m.group(1), m.group(2), m.group(3) or ""))
+    return rows
+
+
+def suites() -> dict[str, str]:
+    """Suite name -> its title line."""
+    folder = resources.files("genlab.configs") / "suite"
+    out = {}
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".yaml"):
+            out[p.name[:-5]] = str(OmegaConf.load(str(p)).get("title", ""))
+    return out
+
+
+def load_suite(name: str):
+    return OmegaConf.load(str(resources.files("genlab.configs") / "suite" / f"{name}.yaml"))
+
+
+def parse_args(args: list[str]) -> tuple[OmegaConf, list[str], set[str]]:
+    """(zoo settings, overrides for every training job, the zoo keys given) from the command line."""
+    opts = defaults()
+    given = set()
+    zoo_args = [a for a in args if a.startswith("zoo.")]
+    passthrough = [a for a in args if not a.startswith("zoo.")]
+    for a in zoo_args:
+        key, eq, value = a[4:].partition("=")
+        if not eq:
+            raise GenlabError(f"{a}: give zoo.KEY=VALUE")
+        if key not in opts:
+            raise GenlabError(f"unknown key zoo.{key}; keys: {', '.join('zoo.' + k for k in opts)} (genlab zoo --help)")
+        given.add(key)
+        try:
+            opts[key] = OmegaConf.from_dotlist([f"v={value}"]).v
+        except Exception as e:  # noqa: BLE001 - OmegaConf's grammar errors
+            raise GenlabError(f"{a}: cannot parse the value ({e})") from None
+    for key in ("models", "datasets"):
+        v = opts[key]
+        if isinstance(v, str):
+            opts[key] = [v]
+    from genlab.engine.budget import parse_duration
+
+    for key in ("nll_images", "nll_k"):
+        if not isinstance(opts[key], int) or opts[key] < 1:
+            raise GenlabError(f"zoo.{key} must be a whole number >= 1, got {opts[key]}")
+    for key in ("budget", "eval_every", "checkpoint_every"):
+        parse_duration(opts[key], f"zoo.{key}")
+    if not isinstance(opts.seeds, int) or isinstance(opts.seeds, bool) or opts.seeds < 1:
+        raise GenlabError(f"zoo.seeds must be a whole number >= 1, got {opts.seeds}")
+    if opts.samples is not None and (not isinstance(opts.samples, int) or opts.samples < 2):
+        raise GenlabError(f"zoo.samples must be a whole number >= 2 (or null), got {opts.samples}")
+    for a in passthrough:
+        if "=" not in a or a.startswith("-"):
+            raise GenlabError(f"{a}: genlab zoo takes key=value overrides only (genlab zoo --help)")
+    return opts, passthrough, given
+
+
+def usage() -> str:
+    from genlab.cli import group_options
+
+    lines = ["usage: genlab zoo [zoo.KEY=VALUE ...] [training overrides, e.g. trainer.num_threads=1 hydra/launcher=joblib]",
+             "", "Every model on the data it fits under one budget and one protocol: zoo.md, zoo.csv, gallery.png,",
+             "zoo_<metric>.png in zoo.out (docs/experiments-zoo.md). A rerun skips finished jobs and resumes the rest.",
+             "", "keys:"]
+    lines += [f"  zoo.{k:<17}{d:<14} {c}" for k, d, c in key_help()]
+    lines += ["", "suites (zoo.suite=NAME):"] + [f"  {n:<18}{t}" for n, t in suites().items()]
+    lines += ["", "models (zoo.models=[...]):", "  " + " ".join(group_options("model")),
+              "", "datasets (zoo.datasets=[...]):", "  " + " ".join(group_options("dataset"))]
+    return "\n".join(lines)
+
+
+# ---- what runs where ---------------------------------------------------------------------------
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from genlab.config import register_configs
+
+    register_configs()
+    with initialize_config_module("genlab.configs", version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def fits(cfg) -> str | None:
+    """Why the composed train config cannot run (None if it can): the model class decides from the data's spec."""
+    from genlab.commands import preflight
+    from genlab.config import model_class, validate
+    from genlab.data import expected_spec
+
+    try:
+        validate(cfg)
+        spec = expected_spec(cfg.dataset)
+        if model_class(cfg).translates != (spec.domains == 2):
+            return (f"model {cfg.model.name} {'translates between' if spec.domains == 2 else 'samples'} images; "
+                    f"dataset {cfg.dataset.name} has {spec.domains} domain(s)")
+        preflight.Preflight().train(cfg)
+    except GenlabError as e:
+        return str(e)
+    return None
+
+
+def zoo_cells(opts, passthrough: list[str], out: Path, given: set[str]) -> list[Cell]:
+    """The zoo's rows: every (named) model on every (named) dataset it fits."""
+    from genlab.cli import group_options
+
+    models, datasets = group_options("model"), group_options("dataset")
+    wanted = list(opts.models) if opts.models else models
+    for m in wanted:
+        if m not in models:
+            raise GenlabError(f"unknown model '{m}' in zoo.models; available: {', '.join(models)}")
+    for d in opts.datasets:
+        if d not in datasets:
+            raise GenlabError(f"unknown dataset '{d}' in zoo.datasets; available: {', '.join(datasets)}")
+    named = opts.models is not None
+    both = named and "datasets" in given  # then every named model must fit every named dataset
+    cells, fitted = [], {m: 0 for m in wanted}
+    for d in opts.datasets:
+        for m in wanted:
+            cfg = compose([f"model={m}", f"dataset={d}", *passthrough])
+            problem = fits(cfg)
+            if problem is None:
+                cells.append(Cell(m, d, [f"model={m}"], list(range(opts.seeds)), out / "runs" / d / m, model=m))
+                fitted[m] += 1
+            elif both:
+                raise GenlabError(f"model {m} cannot run on dataset {d}: {problem}")
+    for m, n in fitted.items():
+        if named and n == 0:
+            raise GenlabError(f"model {m} fits none of zoo.datasets={list(opts.datasets)}; see genlab zoo --help")
+    if not cells:
+        raise GenlabError(f"no model fits zoo.datasets={list(opts.datasets)}")
+    return cells
+
+
+def suite_cells(suite, opts, passthrough: list[str], out: Path, given: set[str]) -> list[Cell]:
+    """A suite's rows: each variant (those of zoo.models if given) on each of its datasets (those of
+    zoo.datasets if given), suite.trials seeds (zoo.seeds if given: a rerun with more adds trials)."""
+    trials = opts.seeds if "seeds" in given else int(suite.trials)
+    variants = dict(suite.variants)
+    for v in (opts.models or []) if "models" in given else []:
+        if v not in variants:
+            raise GenlabError(f"suite {suite.name} has no variant '{v}'; its variants: {', '.join(variants)}")
+    if "models" in given and opts.models:
+        variants = {k: v for k, v in variants.items() if k in opts.models}
+    datasets = list(suite.datasets)
+    if "datasets" in given:
+        bad = [d for d in opts.datasets if d not in datasets]
+        if bad:
+            raise GenlabError(f"suite {suite.name} runs on {', '.join(datasets)}, not {bad[0]}")
+        datasets = list(opts.datasets)
+    suite.datasets, suite.variants = datasets, variants
+    cells = []
+    for d in datasets:
+        for label, extra in variants.items():
+            over = [*suite.overrides, *extra, f"dataset={d}"]
+            cfg = compose([*over, *passthrough])
+            problem = fits(cfg)
+            if problem is not None:
+                raise GenlabError(f"suite {suite.name}, {label} on {d}: {problem}")
+            cells.append(Cell(str(label), d, list(over), list(range(trials)), out / "runs" / d / str(label),
+                              model=str(cfg.model.name)))
+    return cells
+
+
+# ---- training ----------------------------------------------------------------------------------
+def job_state(path: Path) -> dict:
+    from genlab.commands.sweep import read_status
+
+    return read_status(path) or {"state": "pending"}
+
+
+def train_cells(cells: list[Cell], common: list[str], passthrough: list[str], retry_failed: bool,
+                suite: bool) -> None:
+    """One `genlab train -m` per dataset and set of pending seeds (suites: per variant); finished jobs are skipped."""
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        pending = [s for s in c.seeds if job_state(c.job_dir(s))["state"] not in
+                   (("done",) if retry_failed else ("done", "failed"))]
+        if pending:
+            key = (c.dataset, tuple(pending)) + ((c.label,) if suite else ())
+            groups.setdefault(key, []).append(c)
+    from genlab import progress
+
+    with progress.bar(len(groups), "zoo: training sweeps", "sweep") as bar:
+        for (dataset, seeds, *_), members in groups.items():
+            _train_group(dataset, seeds, members, common, passthrough, suite)
+            bar.update()
+
+
+def _train_group(dataset: str, seeds: tuple, members: list[Cell], common: list[str], passthrough: list[str],
+                 suite: bool) -> None:
+    """One `genlab train -m` of the zoo: these cells on one dataset and their pending seeds."""
+    sweep = members[0].folder.parent
+    if suite:
+        varying = members[0].overrides
+        subdir = f"{members[0].label}/s${{seed}}"
+    else:
+        varying = [f"model={','.join(c.model for c in members)}", f"dataset={dataset}"]
+        subdir = "${model.name}/s${seed}"
+    argv = [sys.executable, "-m", "genlab", "train", "-m", *common, *varying, f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={quote(sweep)}", f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.genlab_sweep",
+            *passthrough]
+    names = ", ".join(c.label for c in members)
+    print(f"genlab zoo: training {names} on {dataset}, seeds {','.join(map(str, seeds))}", flush=True)
+    proc = subprocess.run(argv)
+    if proc.returncode not in (0, 1):  # 1: a job failed and is recorded in its status.json
+        for c in members:
+            for s in seeds:
+                st = job_state(c.job_dir(s))
+                if st["state"] == "pending":
+                    c.error = f"the sweep ended with exit status {proc.returncode} before this job started"
+
+
+def quote(path: Path) -> str:
+    text = str(path)
+    return text if re.fullmatch(r"[A-Za-z0-9_./:+-]+", text) else "'" + text.replace("'", "\\'") + "'"
+
+
+# ---- evaluation --------------------------------------------------------------------------------
+def evaluate_job(job: Path, samples: int | None, slow: bool, nll: list[str]) -> dict:
+    """genlab eval of one finished job (skipped when its eval.json is of the same step and sample count)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from genlab.commands.eval import evaluate_run
+
+    st = job_state(job)
+    try:
+        ev = json.loads((job / "eval.json").read_text())
+        if ev["step"] == st.get("step") and (samples is None or ev["num_samples"] == samples):
+            return ev
+    except (OSError, ValueError, KeyError):
+        pass
+    over = [f"run={quote(job)}"] + ([f"num_samples={samples}"] if samples else []) + (["metrics=[nll]"] if slow else []) + nll
+    with initialize_config_module("genlab.configs", version_base="1.3"):
+        cfg = hydra_compose(config_name="eval", overrides=over)
+    return evaluate_run(cfg)
+
+
+def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float | None]:
+    """(tile image, seconds per 1,000 samples) of a run, cached in the run folder as zoo_tile.png/zoo_sampling.json."""
+    import torch
+    from PIL import Image
+
+    from genlab import viz
+    from genlab.commands.common import load_run
+    from genlab.commands.eval import run_data
+
+    png, meta = job / "samples" / "zoo_tile.png", job / "samples" / "zoo_sampling.json"
+    step = job_state(job).get("step")
+    try:
+        info = json.loads(meta.read_text())
+        if info["step"] == step:
+            return Image.open(png).convert("RGB"), info["seconds_per_1000"]
+    except (OSError, ValueError, KeyError):
+        pass
+    run = load_run(str(job), "last", "auto")
+    data, _ = run_data(run)
+    model = run.model
+    dev = next(model.parameters()).device
+    n = 2000 if data.kind == "points" else 36
+    g = torch.Generator(dev).manual_seed(0)
+    labels = (torch.arange(n) % int(data.num_classes)).to(dev) if model.conditional and data.num_classes else None
+    fixed = {"n": n, "noise": model.latent(n, generator=g), "labels": labels, "nrow": 6,
+             "generator": torch.Generator(dev).manual_seed(0)}
+    if fixed["noise"] is not None:
+        fixed["noise"] = fixed["noise"].to(dev)
+    img = next(iter(model.visuals(fixed, data).values()))
+    per_1k = None
+    if not model.translates:
+        m = 64 if model.slow_sampling else seconds_samples
+        t0 = time.perf_counter()
+        model.sample(m, generator=torch.Generator(dev).manual_seed(1))
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        per_1k = (time.perf_counter() - t0) * 1000 / m
+    png.parent.mkdir(parents=True, exist_ok=True)
+    viz.save_png(img, png)
+    meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k}) + "\n")
+    return Image.open(png).convert("RGB"), per_1k
+
+
+def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dict, dict]:
+    """Evaluate every finished job; fill cell.jobs; return ({dataset: eval.json of its first job}, {cell label: tile})."""
+    from genlab import progress
+
+    protocol, tiles = {}, {}
+    with progress.bar(sum(len(c.seeds) for c in cells), "zoo: evaluating jobs", "job") as bar:
+        for c in cells:
+            _collect_cell(c, samples, nll, protocol, tiles)
+            bar.update(len(c.seeds))
+    return protocol, tiles
+
+
+def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, tiles: dict) -> None:
+    """Evaluate one cell's finished jobs into c.jobs (and the dataset's protocol, the cell's tile)."""
+    from genlab.commands.common import load_run
+    from genlab.commands.sweep import first_line
+
+    c.jobs = []
+    for s in c.seeds:
+        job = c.job_dir(s)
+        st = job_state(job)
+        rec = {"seed": s, "dir": job, "state": st["state"], "error": st.get("error") or c.error,
+               "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
+        if st["state"] == "done":
+            try:
+                model = load_run(str(job), "last", "cpu").model  # capabilities as the built model declares them
+                if not model.translates:  # genlab eval scores sampled images; a translator has none
+                    ev = evaluate_job(job, samples, bool(model.slow_sampling), nll)
+                    rec["values"] = dict(ev["values"])
+                    protocol.setdefault(c.dataset, ev)
+                tile, per_1k = gallery_tile(job)
+                rec["s_per_1k_samples"] = per_1k
+                tiles.setdefault((c.label, c.dataset), tile)
+            except (GenlabError, OSError, RuntimeError, ValueError) as e:
+                rec["state"], rec["error"] = "failed", f"evaluation: {first_line(e)}"
+        c.jobs.append(rec)
+
+
+# ---- the table ---------------------------------------------------------------------------------
+def metric_columns(cells: list[Cell]) -> list[str]:
+    """The COLUMNS some finished run has a value of."""
+    found = {key.split("[", 1)[0] for c in cells for j in c.jobs for key in j["values"]}
+    return [b for b in COLUMNS if b in found]
+
+
+def value(values: dict, base: str):
+    """The value of metric `base` in a {key: value} dict, keys qualified or not (fid[lenet-mnist] is fid)."""
+    for k, v in values.items():
+        if k.split("[", 1)[0] == base:
+            return v
+    return None
+
+
+def rows(cells: list[Cell], columns: list[str]) -> list[dict]:
+    """One aggregated row per cell: mean, std and n of every time and metric column over its finished seeds."""
+    from genlab.commands.report import aggregate
+
+    out = []
+    for c in cells:
+        done = [j for j in c.jobs if j["state"] == "done"]
+        states: dict[str, int] = {}
+        for j in c.jobs:
+            states[j["state"]] = states.get(j["state"], 0) + 1
+        errors = [j["error"] for j in c.jobs if j["state"] != "done" and j["error"]]
+        row = {"label": c.label, "model": c.model, "dataset": c.dataset, "seeds": len(c.seeds),
+               "status": "done" if len(done) == len(c.jobs) else ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
+               "error": errors[0] if errors else ""}
+        for j in done:
+            j["steps_per_s"] = j["steps"] / j["train_s"] if j.get("train_s") else None
+        for col in TIMES:
+            row[col] = aggregate([j.get(col) for j in done])
+        for col in columns:
+            row[col] = aggregate([value(j["values"], col) for j in done])
+        out.append(row)
+    return out
+
+
+def fmt(a, digits: int = 4) -> str:
+    if a is None:
+        return "-"
+    mean, std, n = a
+    text = f"{mean:.{digits}g}"
+    return text + (f" ± {std:.2g}" if n > 1 else "")
+
+
+def write_csv(path: Path, table: list[dict], columns: list[str]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        cols = [*TIMES, *columns]
+        w.writerow(["model", "dataset", "seeds", "status", "error", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "n")]])
+        for r in table:
+            vals = []
+            for c in cols:
+                vals += list(r[c]) if r[c] is not None else ["", "", 0]
+            w.writerow([r["label"], r["dataset"], r["seeds"], r["status"], r["error"], *vals])
+
+
+def machine() -> str:
+    """CPU model, cores and threads (and the GPU if one is there)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def commit() -> str:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+changes" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def floor_rows(protocol: dict, columns: list[str]) -> list[dict]:
+    """The real-data floor of each dataset (held-out real data scored as samples are), and its blurred variant."""
+    out = []
+    for d, ev in protocol.items():
+        for key, name in (("floor", f"real data ({ev.get('heldout_split', 'test')} split)"),
+                          ("floor_blurred", "real data blurred (Gaussian, sigma 1 px)")):
+            vals = ev.get(key) or {}
+            if vals:
+                row = {"label": name, "dataset": d}
+                for col in columns:
+                    v = value(vals, col)
+                    row[col] = (v, 0.0, 1) if v is not None else None
+                out.append(row)
+    return out
+
+
+def markdown(table: list[dict], floors: list[dict], columns: list[str], header: list[str]) -> str:
+    head = ["model", "dataset", "seeds", "steps", "steps/s", "train s", *columns, "s / 1k samples", "status"]
+    lines = header + ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in floors:
+        lines.append("| " + " | ".join([f"*{r['label']}*", r["dataset"], "", "", "", "",
+                                        *(fmt(r[c]) for c in columns), "", ""]) + " |")
+    for r in table:
+        status = r["status"] + (f": {r['error']}" if r["error"] else "")
+        lines.append("| " + " | ".join([r["label"], r["dataset"], str(r["seeds"]), fmt(r["steps"], 6),
+                                        fmt(r["steps_per_s"], 3), fmt(r["train_s"], 4),
+                                        *(fmt(r[c]) for c in columns), fmt(r["s_per_1k_samples"], 3),
+                                        status.replace("|", "/")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], started: str) -> list[str]:
+    from genlab import __version__
+
+    lines = [f"# {title}", "", "Protocol:"]
+    lines.append(f"- budget: {opts.budget} of training time per job (trainer.max_time; evaluation not counted), "
+                 f"seeds per row: as listed")
+    for d, ev in protocol.items():
+        nets = ", ".join(f"{n['id']} (test accuracy {n['test_accuracy']:.4f})" if n.get("test_accuracy") is not None
+                         else n["id"] for n in ev.get("feature_networks", [])) or "none (the points themselves)"
+        lines.append(f"- {d}: {ev['num_samples']} samples per run scored against the {ev['split']} split; "
+                     f"feature network {nets}; floor rows: held-out {ev.get('heldout_split')} split scored the same way")
+    lines.append(f"- likelihood models: test bits/dim on {opts.nll_images} test images, latent-variable bounds with "
+                 f"k={opts.nll_k} importance samples; slow samplers (PixelCNN) are scored by bits/dim only")
+    lines.append(f"- genlab {__version__}, commit {commit()}; machine: {machine()}; "
+                 f"overrides of every job: `{' '.join(passthrough) or '(none)'}`")
+    try:
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    lines.append(f"- started {started} UTC, written {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+                 f"load average at the end {load}")
+    return lines
+
+
+def gallery(tiles: dict, table: list[dict], path: Path) -> int:
+    """gallery.png: one labelled tile per row with a finished run; returns the number of tiles."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    items = [(f"{r['label']} / {r['dataset']}", tiles[(r["label"], r["dataset"])]) for r in table
+             if (r["label"], r["dataset"]) in tiles]
+    if not items:
+        return 0
+    cols = min(6, len(items))
+    rows_n = math.ceil(len(items) / cols)
+    cell_w, cell_h = TILE + 8, TILE + 22
+    img = Image.new("RGB", (cols * cell_w, rows_n * cell_h), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    for i, (name, tile) in enumerate(items):
+        r, c = divmod(i, cols)
+        x, y = c * cell_w + 4, r * cell_h + 18
+        img.paste(tile.resize((TILE, TILE), Image.NEAREST), (x, y))
+        d.text((x, y - 15), name[:34], fill=(0, 0, 0), font=font)
+    img.save(path)
+    return len(items)
+
+
+def curves(cells: list[Cell], columns: list[str], out: Path) -> list[Path]:
+    """zoo_<metric>.png: each run's eval history against training time, one colour per model, a panel per dataset."""
+    from genlab import plot
+    from genlab.metrics.evaluator import better
+
+    written = []
+    datasets = list(dict.fromkeys(c.dataset for c in cells))
+    for col in columns:
+        panels, labels = [], []
+        for d in datasets:
+            series = {}
+            for c in (c for c in cells if c.dataset == d):
+                lines = []
+                for j in c.jobs:
+                    pts = []
+                    try:
+                        for line in (j["dir"] / "eval_history.jsonl").read_text().splitlines():
+                            h = json.loads(line)
+                            v = value(h, col)
+                            if isinstance(v, (int, float)) and h.get("train_time") is not None:
+                                pts.append((float(h["train_time"]), float(v)))
+                    except (OSError, ValueError):
+                        pass
+                    if pts:
+                        lines.append(pts)
+                if lines:
+                    series[c.label] = lines
+            if series:
+                panels.append(plot.panel(series, f"training time (s), {d}", col))
+                labels += [k for k in series if k not in labels]
+        if not panels:
+            continue
+        direction = {"lower": " (lower is better)", "higher": " (higher is better)"}.get(better(col), "")
+        # one legend colour per label needs a stable order across panels
+        img = plot.figure(panels, labels, f"{col}{direction} against training time; one line per run")
+        path = out / f"zoo_{col}.png"
+        img.save(path)
+        written.append(path)
+    return written
+
+
+# ---- suites: the paper's layout ----------------------------------------------------------------
+def suite_table(suite, cells: list[Cell]) -> str:
+    """Rows = variants, for each dataset and metric: genlab's mean ± standard error and the paper's value."""
+    import statistics
+
+    metrics = dict(suite.metrics)
+    scale = dict(suite.get("scale") or {})
+    head = ["variant"]
+    for d in suite.datasets:
+        for m, name in metrics.items():
+            head += [f"{d} {name}", "paper"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for label in suite.variants:
+        row = [str(label)]
+        for d in suite.datasets:
+            c = next(c for c in cells if c.label == label and c.dataset == d)
+            done = [j for j in c.jobs if j["state"] == "done"]
+            for m in metrics:
+                vals = [value(j["values"], m) for j in done]
+                vals = [float(v) * float(scale.get(m, 1)) for v in vals if v is not None and math.isfinite(v)]
+                if vals:
+                    se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else 0.0
+                    row.append(f"{statistics.fmean(vals):.3g} ± {se:.2g} (n={len(vals)})")
+                else:
+                    row.append("-")
+                paper = OmegaConf.select(suite, f"paper_values.{d}.{label}.{m}")
+                row.append("-" if paper is None else (f"{paper[0]} ± {paper[1]}" if not isinstance(paper, (int, float))
+                                                       and len(paper) > 1 and paper[1] is not None else
+                                                       str(paper[0] if not isinstance(paper, (int, float)) else paper)))
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---- the command -------------------------------------------------------------------------------
+def run(args: list[str]) -> int:
+    """`genlab zoo`: check everything, train what is missing, evaluate, write the table; returns the exit status."""
+    from genlab.commands.common import check_writable
+    from genlab.config import register_configs
+
+    started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    opts, passthrough, given = parse_args(args)
+    from genlab.cli import check_groups, check_plugins
+
+    check_plugins(passthrough)
+    check_groups(passthrough)
+    register_configs()
+    suite = None
+    if opts.suite:
+        names = suites()
+        if opts.suite not in names:
+            raise GenlabError(f"unknown suite '{opts.suite}'; available: {', '.join(names)}")
+        suite = load_suite(opts.suite)
+        suite.name = opts.suite
+    out = Path(os.path.expanduser(str(opts.out)))
+    check_writable(out, "zoo.out", folder=True)
+    cells = suite_cells(suite, opts, passthrough, out, given) if suite else zoo_cells(opts, passthrough, out, given)
+    common = ["trainer.resume=auto", "trainer.progress=false", f"trainer.checkpoint_every_time={opts.checkpoint_every}"]
+    if suite is None or suite.get("budget"):
+        budget = opts.budget if suite is None or "budget" in given else suite.budget
+        common += [f"trainer.max_time={budget}", "trainer.max_steps=1000000000",
+                   f"trainer.eval_every_time={opts.eval_every}", "trainer.eval_every=0"]
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"genlab zoo: {len(cells)} rows x seeds into {out}", flush=True)
+    if opts.train:
+        train_cells(cells, common, passthrough, bool(opts.retry_failed), suite is not None)
+    samples = opts.samples if opts.samples is not None else (suite.get("samples") if suite else None)
+    nll = [f"eval.nll_images={opts.nll_images}", f"eval.nll_k={opts.nll_k}"]
+    protocol, tiles = collect(cells, samples, nll)
+    columns = metric_columns(cells)
+    table = rows(cells, columns)
+    title = suite.title if suite else f"genlab zoo: every model at zoo.budget={opts.budget}"
+    header = protocol_header(title, opts, protocol, passthrough, started)
+    if suite is not None:
+        header[3] = f"- {suite.protocol}"
+    write_csv(out / "zoo.csv", table, columns)
+    md = markdown(table, floor_rows(protocol, columns), columns, header)
+    if suite is not None:
+        md += f"\n## {suite.title} (genlab: mean ± standard error over trials; paper beside)\n\n" + suite_table(suite, cells)
+        md += f"\nPaper: {suite.paper}\n"
+    (out / "zoo.md").write_text(md)
+    n_tiles = gallery(tiles, table, out / "gallery.png")
+    pngs = curves(cells, columns, out)
+    failed = [r for r in table if r["status"] != "done"]
+    print(md)
+    print(f"genlab zoo: {len(table)} rows, {len(failed)} not done; wrote {out / 'zoo.md'}, {out / 'zoo.csv'}, "
+          f"{out / 'gallery.png'} ({n_tiles} tiles) and {len(pngs)} plot(s) {out}/zoo_*.png")
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(usage())
+        return
+    try:
+        code = run(args)
+    except GenlabError as e:
+        print(f"genlab: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code)

@@ -1,0 +1,118 @@
+"""genlab zoo: a tiny zoo end to end (table against the runs' own eval.json, gallery tiles, rerun skips),
+bad input as one line before any job starts, --help, and the trainer's evaluation by training time."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from genlab.commands import zoo
+from genlab.errors import GenlabError
+
+TINY_ZOO = ["zoo.models=[dcgan,vae]", "zoo.datasets=[fashion_mnist]", "zoo.budget=2s", "zoo.samples=64",
+            "zoo.eval_every=1s", "trainer=debug", "trainer.num_threads=1"]
+
+
+@pytest.mark.slow
+def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
+    env = {"GENLAB_DATA": str(mnist_root)}
+    out = tmp_path / "zoo"
+    r = run_cli(["zoo", *TINY_ZOO, f"zoo.out={out}"], tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["model"]: row for row in csv.DictReader(open(out / "zoo.csv"))}
+    assert set(rows) == {"dcgan", "vae"}
+    for model, row in rows.items():
+        job = out / "runs" / "fashion_mnist" / model / "s0"
+        ev = json.loads((job / "eval.json").read_text())
+        st = json.loads((job / "status.json").read_text())
+        assert row["status"] == "done" and st["stopped_by"] == "max_time" and st["train_time"] >= 2.0
+        fid = next(v for k, v in ev["values"].items() if k.startswith("fid["))
+        assert math.isclose(float(row["fid_mean"]), fid, rel_tol=1e-9)
+        assert ev["num_samples"] == 64
+        assert int(float(row["steps_mean"])) == st["step"]
+        assert math.isclose(float(row["steps_per_s_mean"]), st["step"] / st["train_time"], rel_tol=1e-9)
+        assert float(row["s_per_1k_samples_mean"]) > 0
+        history = [json.loads(x) for x in (job / "eval_history.jsonl").read_text().splitlines()]
+        assert history[-1]["step"] == st["step"]  # the curve ends where training did
+    assert "test_bits_per_dim_mean" in rows["vae"] and rows["vae"]["test_bits_per_dim_mean"] != ""
+    assert rows["dcgan"]["test_bits_per_dim_mean"] == ""  # a GAN has no likelihood
+    md = (out / "zoo.md").read_text()
+    for text in ("Protocol:", "64 samples per run", "feature network lenet-fashion_mnist", "real data (test split)",
+                 "commit", "cores"):
+        assert text in md, text
+    from PIL import Image
+
+    g = Image.open(out / "gallery.png")
+    assert g.size == (2 * (zoo.TILE + 8), zoo.TILE + 22)  # one tile per model, side by side
+    assert (out / "zoo_fid.png").is_file()
+
+    before = {m: json.loads((out / "runs" / "fashion_mnist" / m / "s0" / "status.json").read_text()) for m in rows}
+    again = run_cli(["zoo", *TINY_ZOO, f"zoo.out={out}"], tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "genlab zoo: training" not in again.stdout  # every job was finished: nothing is trained again
+    for m in rows:
+        assert json.loads((out / "runs" / "fashion_mnist" / m / "s0" / "status.json").read_text()) == before[m]
+
+
+def test_bad_input_is_one_line_before_any_job(tmp_path):
+    out = tmp_path / "zoo"
+    r = run_cli(["zoo", "zoo.models=[nosuch]", f"zoo.out={out}"], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert r.stderr.startswith("genlab: error: unknown model 'nosuch'") and "Traceback" not in r.stderr
+    assert not out.exists()
+    cases = [
+        (["zoo.suite=nosuch"], "unknown suite 'nosuch'"),
+        (["zoo.budget=5 minutes"], "zoo.budget=5 minutes is not a duration"),
+        (["zoo.models=[cyclegan]", "zoo.datasets=[grid25]"], "model cyclegan cannot run on dataset grid25"),
+        (["zoo.models=[pixelcnn]", "zoo.datasets=[grid25,ring8]"], "model pixelcnn cannot run on dataset grid25"),
+        (["zoo.seeds=0"], "zoo.seeds must be a whole number >= 1"),
+        (["zoo.colour=red"], "unknown key zoo.colour"),
+    ]
+    for args, message in cases:
+        with pytest.raises(GenlabError, match=message):
+            zoo.run([*args, f"zoo.out={out}"])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(GenlabError, match="zoo.out=.* is a file"):
+        zoo.run([f"zoo.out={blocker}"])
+    assert not out.exists()
+
+
+def test_models_go_where_their_class_says():
+    opts, over, given = zoo.parse_args(["zoo.models=[dcgan,cyclegan,cgan]"])
+    cells = zoo.zoo_cells(opts, over, Path("/nonexistent"), given)
+    where = {(c.model, c.dataset) for c in cells}
+    assert where == {("dcgan", "fashion_mnist"), ("dcgan", "grid25"), ("dcgan", "ring8"),
+                     ("cyclegan", "unpaired_sneaker_sandal"), ("cgan", "fashion_mnist")}
+
+
+def test_help_lists_suites_models_and_keys(tmp_path):
+    r = run_cli(["zoo", "--help"], tmp_path)
+    assert r.returncode == 0
+    for text in ("zoo.budget", "zoo.models", "zoo.suite", "pacgan_toy", "stacked", "wgan_gp", "cyclegan", "vae"):
+        assert text in r.stdout, text
+
+
+def test_eval_and_checkpoint_follow_training_time(tmp_path, monkeypatch):
+    from conftest import compose
+
+    from genlab.commands.train import train
+
+    cfg = compose(["model=gan", "dataset=grid25", "trainer=debug", "trainer.progress=false", "trainer.max_steps=30",
+                   "trainer.eval_every_time=1", "trainer.checkpoint_every_time=1", "trainer.checkpoint_every=0",
+                   "trainer.eval_samples=100", "dataset.n_train=256", "dataset.n_test=128"])
+    from genlab.engine import trainer as trainer_mod
+
+    saved = []
+    monkeypatch.setattr(trainer_mod.Trainer, "train_time", lambda self: self.step * 0.25)  # 4 steps a second
+    real_save = trainer_mod.Trainer.save
+    monkeypatch.setattr(trainer_mod.Trainer, "save", lambda self, name="last": saved.append(self.step) or real_save(self, name))
+    train(cfg, tmp_path / "run")
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "eval_history.jsonl").read_text().splitlines()]
+    assert steps == [4, 8, 12, 16, 20, 24, 28, 30]  # each second of training, and the last step
+    assert saved == [4, 8, 12, 16, 20, 24, 28, 30]
