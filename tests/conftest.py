@@ -102,6 +102,17 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 TINY = ["trainer=debug", "trainer.progress=false"]
 
 
+NET_KEYS = {"points": (".hidden=", ".depth="), "image": (".base_channels=",)}
+NET_NODES = ("model.generator.", "model.discriminator.", "model.encoder.", "model.decoder.")
+
+
+def nets_for(overrides: list[str], kind: str) -> list[str]:
+    """The network-size overrides that apply to `kind` ('points': MLP sizes, 'image': conv widths); a network
+    setting its architecture does not take is an error, so one list serving both is filtered here."""
+    other = NET_KEYS["image" if kind == "points" else "points"]
+    return [o for o in overrides if not (o.lstrip("+").startswith(NET_NODES) and any(k in o for k in other))]
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Two checkpoints hold bit-identical weights and optimizer states at the same step."""
     assert a["step"] == b["step"]

@@ -119,6 +119,10 @@ class VAE(LikelihoodModel):
                     "dataset.binarize=dynamic (or static), or use model.decoder_dist=logistic")
         if cfg.z_dim < 1 or cfg.kl_weight < 0:
             return "model.z_dim must be >= 1 and model.kl_weight >= 0"
+        problem = (nets.settings_problem(cfg.encoder, spec.kind, "discriminator", "model.encoder", NetConfig())
+                   or nets.settings_problem(cfg.decoder, spec.kind, "generator", "model.decoder", NetConfig()))
+        if problem:
+            return problem
         if cfg.gaussian_std is not None and cfg.gaussian_std <= 0:
             return f"model.gaussian_std must be > 0, got {cfg.gaussian_std}"
         chunk_ok = cfg.eval_chunk is None or cfg.eval_chunk >= 1
