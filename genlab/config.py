@@ -40,6 +40,7 @@ class TrainerConfig:
     eval_nll_k: Optional[int] = None
     eval_featurenet_images: Optional[int] = None
     slow_sample_images: Optional[int] = None
+    sample_steps: Optional[int] = None
     best_metric: Optional[str] = None
     best_mode: str = "min"
     num_fixed_samples: int = 64
@@ -48,6 +49,7 @@ class TrainerConfig:
     deterministic: bool = False
     num_threads: Optional[int] = None
     max_time: Optional[str] = None
+    max_time_clock: str = "wall"
     eval_every_time: Optional[str] = None
     checkpoint_every_time: Optional[str] = None
     objective: Optional[str] = None
@@ -190,6 +192,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check(t[k] is None or t[k] >= 1, f"trainer.{k} must be >= 1 (or null for no bound), got {t[k]}")
     _check(t.slow_sample_images is None or t.slow_sample_images >= 0,
            f"trainer.slow_sample_images must be >= 0 (0 = no grids for slow samplers), got {t.slow_sample_images}")
+    _check(t.sample_steps is None or t.sample_steps >= 1,
+           f"trainer.sample_steps must be >= 1 (or null for the model's own), got {t.sample_steps}")
     _check(t.num_threads is None or t.num_threads >= 1, f"trainer.num_threads must be >= 1, got {t.num_threads}")
     _check(t.grad_clip is None or t.grad_clip > 0, f"trainer.grad_clip must be > 0, got {t.grad_clip}")
     from genlab.engine.budget import parse_duration
@@ -197,6 +201,7 @@ def validate(cfg: DictConfig) -> DictConfig:
 
     for k in ("max_time", "eval_every_time", "checkpoint_every_time"):
         parse_duration(t.get(k), f"trainer.{k}")
+    _check(t.max_time_clock in ("wall", "cpu"), f"trainer.max_time_clock must be wall or cpu, got {t.max_time_clock}")
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")

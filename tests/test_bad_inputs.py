@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
 import os
 import pickle
 import struct
@@ -226,6 +225,8 @@ CASES = {
     "resume corrupt": (["train", *TOY, "trainer.resume=corrupt.pt"], "not a genlab checkpoint"),
     "resume truncated": (["train", *TOY, "trainer.resume=truncated.pt"], "corrupt, truncated"),
     "resume unsafe": (["train", *TOY, "trainer.resume=evil.pt"], "contains objects other than tensors"),
+    "first stage unsafe": (["train", "model=vqvae_prior", "model.vqvae_run=evil.pt", "dataset=mnist"],
+                           "checkpoint evil.pt contains objects other than tensors (posix.system): refused"),
     "resume foreign": (["train", *TOY, "trainer.resume=foreign.pt"], "is not a genlab checkpoint"),
     "resume other model": (["train", f"trainer.resume={RUN}", "model=wgan_gp", *TOY], "is of model=gan"),
     "resume other shape": (["train", f"trainer.resume={RUN}", "model=gan", *TOY, "model.z_dim=3"],
@@ -266,7 +267,8 @@ CASES = {
     "sample count not a number": (["sample", f"run={RUN}", "num_samples=abc"], "num_samples must be a whole number"),
     "sample zero batch": (["sample", f"run={RUN}", "batch_size=0"], "batch_size must be >= 1"),
     "sample zero nrow": (["sample", f"run={RUN}", "nrow=0"], "nrow must be >= 1"),
-    "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "steps=1"], "steps must be >= 2"),
+    "sample interp one step": (["sample", f"run={RUN}", "mode=interp", "path_length=1"], "path_length must be >= 2"),
+    "sample steps on a gan": (["sample", f"run={RUN}", "steps=10"], "steps= sets a diffusion sampler"),
     "sample garbage npz": (["sample", f"run={RUN}", "input=garbage.npz"], "garbage.npz is corrupt or not an NPZ file"),
     "sample pickled npz": (["sample", f"run={RUN}", "input=objects.npz"], "objects.npz holds pickled objects: refused"),
     "sample npy as npz": (["sample", f"run={RUN}", "input=single.npz"], "single.npz is a single .npy array"),
@@ -287,17 +289,9 @@ CASES = {
 
 
 @pytest.fixture(autouse=True)
-def _keep_logging():
-    """Hydra apps run here configure logging onto this test's captured streams: undo that afterwards."""
-    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
-    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+def _keep_logging(keep_logging):
+    """Every case runs a Hydra app in this process (see conftest.keep_logging)."""
     yield
-    for name in list(logging.root.manager.loggerDict) + ["root"]:
-        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
-        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
 
 
 def snapshot(root: Path) -> dict:

@@ -29,6 +29,8 @@ WGAN_GP = ["model=wgan_gp", "dataset=grid25", "model.generator.norm=none", "mode
 WGAN_TRICKS = ["model=wgan", "dataset=grid25", "model.generator.norm=none", "model.generator.hidden=32",
                "model.discriminator.hidden=32", "model.z_dim=8", "model.n_critic=2", "optimizer.lr=1e-3",
                "model.ema_decay=0.5", "model.discriminator.spectral_norm=true"]
+# The MLP denoiser (no batch norm) and its EMA with the warm-up counter.
+DDPM = ["model=ddpm", "dataset=grid25", "model.net.hidden=32", "optimizer.lr=1e-3", "trainer.eval_every=0"]
 FLOW = ["model=realnvp", "dataset=ring8", "model.n_layers=4", "model.hidden=32", "trainer.eval_every=0"]
 
 
@@ -49,9 +51,12 @@ def _global_noise(rank: int, world: int):
 
 
 def _patch_noise(rank: int, world: int) -> None:
-    from genlab.models import gan, penalties
+    from genlab.models import diffusion, gan, penalties
 
     draw = _global_noise(rank, world)
+    diffusion.DDPM.draw = lambda self, x: (
+        draw(lambda m, generator: torch.randint(0, self.T, (m,), generator=generator), len(x)),
+        draw(torch.randn, len(x), *x.shape[1:]))
     gan.GAN._noise = lambda self, n: draw(torch.randn, n, self.cfg.z_dim)
     penalties.interpolates = lambda real, fake: (lambda a: a * real + (1 - a) * fake)(draw(torch.rand, len(real), 1))
 
@@ -81,15 +86,15 @@ def run(world: int, overrides: list[str], run_dir: Path, patch: bool = False) ->
         last = json.loads((run_dir / "last.json").read_text())
     else:
         from genlab.commands.train import train
-        from genlab.models import gan, penalties
+        from genlab.models import diffusion, gan, penalties
 
-        saved = gan.GAN._noise, penalties.interpolates
+        saved = gan.GAN._noise, penalties.interpolates, diffusion.DDPM.draw
         try:
             if patch:
                 _patch_noise(0, 1)
             last = train(compose(overrides), run_dir)
         finally:
-            gan.GAN._noise, penalties.interpolates = saved
+            gan.GAN._noise, penalties.interpolates, diffusion.DDPM.draw = saved
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), last
 
 
@@ -104,7 +109,7 @@ def assert_close_weights(a: dict, b: dict, tol: float) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, overrides, patch", [("wgan_gp", WGAN_GP, True), ("wgan_tricks", WGAN_TRICKS, True),
-                                                     ("realnvp", FLOW, False)])
+                                                     ("realnvp", FLOW, False), ("ddpm", DDPM, True)])
 def test_two_ranks_match_one_process_with_the_global_batch(name, overrides, patch, tmp_path):
     steps = ["trainer.max_steps=3"]
     two, two_last = run(2, [*TOY, *overrides, *steps, "trainer.batch_size=8"], tmp_path / "two", patch)

@@ -66,14 +66,14 @@ def test_slerp_endpoints_and_norm():
 
 
 def test_interp_and_traverse_modes(runs, tmp_path):
-    x = do_sample(runs["image"], tmp_path, "interp.npz", "mode=interp", "num_samples=20", "steps=5")["images"]
+    x = do_sample(runs["image"], tmp_path, "interp.npz", "mode=interp", "num_samples=20", "path_length=5")["images"]
     assert x.shape == (20, 28, 28, 1)  # 4 rows of 5
-    png = do_sample(runs["image"], tmp_path, "interp.png", "mode=interp", "num_samples=20", "steps=5")
+    png = do_sample(runs["image"], tmp_path, "interp.png", "mode=interp", "num_samples=20", "path_length=5")
     from PIL import Image
 
     w, h = Image.open(png).size
     assert w == 5 * 30 + 2 and h == 4 * 30 + 2  # 5 per row, 4 rows (28 px + 2 px padding)
-    t = do_sample(runs["points"], tmp_path, "trav.npz", "mode=traverse", "num_samples=6", "steps=3")["points"]
+    t = do_sample(runs["points"], tmp_path, "trav.npz", "mode=traverse", "num_samples=6", "path_length=3")["points"]
     assert t.shape == (6, 2)
 
 

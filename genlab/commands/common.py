@@ -39,6 +39,9 @@ def user_errors():
         print(f"genlab: {e}; continue with: genlab train trainer.resume={Path(e.path).parent.parent}",
               file=sys.stderr)
         sys.exit(e.exit_code)
+    except signals.Interrupted as e:  # eval and sample stop at once: their outputs are written at the end
+        print(f"genlab: stopped by {e}; nothing more was written", file=sys.stderr)
+        sys.exit(signals.EXIT_CODES.get(e.signum, 128 + e.signum))
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         sys.exit(signals.EXIT_CODES.get(signals.requested_signal(), 130))

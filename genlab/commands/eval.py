@@ -40,22 +40,22 @@ def run_data(run, root: str | None = None):
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg
 
 
-def eval_settings(cfg: DictConfig, num_samples=None):
+def eval_settings(cfg: DictConfig, num_samples=None, sampling: dict | None = None):
     """eval.yaml's settings as the one EvalSettings object (its eval: node plus the top-level counts)."""
     from genlab.metrics.records import EvalSettings
 
     return EvalSettings(num_samples=num_samples, seed=int(cfg.seed), split=str(cfg.split),
                         batch_size=int(cfg.batch_size), featurenet=OmegaConf.to_container(cfg.featurenet, resolve=True),
-                        **OmegaConf.to_container(cfg.eval, resolve=True))
+                        sampling=dict(sampling or {}), **OmegaConf.to_container(cfg.eval, resolve=True))
 
 
-def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None):
+def build_evaluator(cfg: DictConfig, data, dcfg, device, metrics=None, num_samples=None, sampling=None):
     """An Evaluator from eval.yaml's settings (also used by tests and scripts)."""
     from genlab import data as data_lib
     from genlab.metrics.evaluator import Evaluator
 
     fd = data_lib.full_dataset(dcfg, data) if data.kind == "image" and data.num_classes else None
-    return Evaluator(data, eval_settings(cfg, num_samples), metrics=metrics, device=device, featurenet_data=fd)
+    return Evaluator(data, eval_settings(cfg, num_samples, sampling), metrics=metrics, device=device, featurenet_data=fd)
 
 
 def _fmt(v) -> str:
@@ -101,7 +101,10 @@ def evaluate_run(cfg: DictConfig) -> dict:
 
     torch.set_num_threads(default_threads(data.kind))
     metrics = list(cfg.metrics) if cfg.metrics else None
-    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples)
+    from genlab.commands.sample import sampler_options
+
+    sampling = sampler_options(cfg, run.model)
+    ev = build_evaluator(cfg, data, dcfg, device, metrics, cfg.num_samples, sampling)
     groups = ev.groups(run.model)
     if not groups:
         raise GenlabError(f"none of metrics={metrics} applies to {data.name} / {run.cfg.model.name}; "
@@ -134,7 +137,7 @@ def evaluate_run(cfg: DictConfig) -> dict:
     result = {
         "run": str(run_dir), "checkpoint": str(run.path), "step": int(run.info["step"]),
         "model": str(run.cfg.model.name), "dataset": data.name, "split": ev.split, "heldout_split": ev.heldout,
-        "num_samples": ev.num_samples, "seed": int(cfg.seed), "genlab_version": __version__,
+        "num_samples": ev.num_samples, "seed": int(cfg.seed), "sampling": sampling, "genlab_version": __version__,
         "feature_networks": nets, "skipped": ev.skipped, "metrics": rows,
         "values": {r["metric"]: r["value"] for r in rows},
         "floor": {r["metric"]: r["floor"] for r in rows if r["floor"] is not None},
@@ -179,7 +182,9 @@ def _log_tb(run_dir: Path, result: dict, grid) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         evaluate_run(cfg)
 
 

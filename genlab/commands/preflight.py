@@ -68,8 +68,8 @@ def check_metrics(metrics) -> None:
 
 # Settings of `genlab sample` / `genlab eval` that must be whole numbers (>= the bound); None = optional.
 COUNTS = {
-    "sample": {"num_samples": 1, "batch_size": 1, "nrow": 1, "steps": 2, "seed": None},
-    "eval": {"num_samples": 2, "batch_size": 1, "seed": None},
+    "sample": {"num_samples": 1, "batch_size": 1, "nrow": 1, "path_length": 2, "steps": 1, "seed": None, "prior_components": 1},
+    "eval": {"num_samples": 2, "batch_size": 1, "steps": 1, "seed": None},
 }
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from genlab import progress
+from genlab.commands import ex_post
 from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
 
@@ -111,6 +112,20 @@ def parse_labels(value, n: int, num_classes: int | None) -> torch.Tensor:
     return torch.tensor(vals, dtype=torch.int64).repeat((n + len(vals) - 1) // len(vals))[:n]
 
 
+def sampler_options(cfg, model) -> dict:
+    """steps=, eta= and guidance= of the command line for the model's sampler, checked against it."""
+    opts = {k: cfg.get(k) for k in ("steps", "eta", "guidance") if cfg.get(k) is not None}
+    for k in ("eta", "guidance"):
+        if k in opts:
+            if isinstance(opts[k], bool) or not isinstance(opts[k], (int, float)):
+                raise GenlabError(f"{k} must be a number, got {opts[k]!r}")
+            opts[k] = float(opts[k])
+    problem = model.sampling_problem(**opts)
+    if problem:
+        raise GenlabError(problem)
+    return opts
+
+
 def npz_images(path: Path) -> torch.Tensor:
     """Images in [-1, 1] (N, C, H, W) from an .npz holding `images` uint8 (N, H, W, C), what sample writes."""
     from genlab import safeio
@@ -192,7 +207,9 @@ def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         sample(cfg)
 
 
@@ -208,6 +225,11 @@ def sample(cfg: DictConfig) -> Path:
     mode = str(cfg.get("mode", "grid"))
     if mode not in ("grid", "interp", "traverse"):
         raise GenlabError(f"mode={mode} is unknown; choose grid, interp or traverse")
+    prior = cfg.get("prior")
+    ex_post.check_prior(prior, cfg.get("prior_components", 10))
+    if prior == "gmm" and (mode != "grid" or cfg.get("truncation") is not None or cfg.get("temperature") is not None):
+        raise GenlabError("prior=gmm draws latents from the fitted mixture: use it with mode=grid, without "
+                          "truncation= or temperature=")
     source = str(cfg.get("input") or "")
     given = npz_images(Path(source).expanduser()) if source.endswith(".npz") else None  # a bad file: one line first
     run = load_run(cfg.run, cfg.checkpoint, cfg.device)
@@ -223,6 +245,7 @@ def sample(cfg: DictConfig) -> Path:
         if cfg.temperature <= 0:
             raise GenlabError(f"temperature must be > 0, got {cfg.temperature}")
         kwargs["temperature"] = float(cfg.temperature)
+    kwargs.update(sampler_options(cfg, run.model))
     truncation = cfg.get("truncation")
     n, nrow = int(cfg.num_samples), cfg.nrow
     labels = None
@@ -233,13 +256,15 @@ def sample(cfg: DictConfig) -> Path:
     cost = sampling_cost(run.model, n, int(cfg.batch_size))
     if cost:
         print(cost, file=sys.stderr, flush=True)
-    if mode == "grid":
+    if prior == "gmm":
+        x = ex_post.gmm_samples(run, n, int(cfg.prior_components), int(cfg.seed), int(cfg.batch_size))
+    elif mode == "grid":
         x = generate(run.model, n, int(cfg.seed), int(cfg.batch_size), truncation=truncation, labels=labels,
                      **kwargs)
     else:
-        steps = int(cfg.get("steps", 10))
+        steps = int(cfg.get("path_length", 10))
         if steps < 2:
-            raise GenlabError(f"steps must be >= 2 for mode={mode}, got {steps}")
+            raise GenlabError(f"path_length must be >= 2 for mode={mode}, got {steps}")
         rows = max(1, n // steps)
         z = (interpolation_latents(run.model, rows, steps, int(cfg.seed), truncation) if mode == "interp"
              else traversal_latents(run.model, rows, steps, int(cfg.seed)))

@@ -248,26 +248,36 @@ def train_cells(cells: list[Cell], common: list[str], passthrough: list[str], re
         if pending:
             key = (c.dataset, tuple(pending)) + ((c.label,) if suite else ())
             groups.setdefault(key, []).append(c)
-    for (dataset, seeds, *_), members in groups.items():
-        sweep = members[0].folder.parent
-        if suite:
-            varying = members[0].overrides
-            subdir = f"{members[0].label}/s${{seed}}"
-        else:
-            varying = [f"model={','.join(c.model for c in members)}", f"dataset={dataset}"]
-            subdir = "${model.name}/s${seed}"
-        argv = [sys.executable, "-m", "genlab", "train", "-m", *common, *varying, f"seed={','.join(map(str, seeds))}",
-                f"hydra.sweep.dir={quote(sweep)}", f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.genlab_sweep",
-                *passthrough]
-        names = ", ".join(c.label for c in members)
-        print(f"genlab zoo: training {names} on {dataset}, seeds {','.join(map(str, seeds))}", flush=True)
-        proc = subprocess.run(argv)
-        if proc.returncode not in (0, 1):  # 1: a job failed and is recorded in its status.json
-            for c in members:
-                for s in seeds:
-                    st = job_state(c.job_dir(s))
-                    if st["state"] == "pending":
-                        c.error = f"the sweep ended with exit status {proc.returncode} before this job started"
+    from genlab import progress
+
+    with progress.bar(len(groups), "zoo: training sweeps", "sweep") as bar:
+        for (dataset, seeds, *_), members in groups.items():
+            _train_group(dataset, seeds, members, common, passthrough, suite)
+            bar.update()
+
+
+def _train_group(dataset: str, seeds: tuple, members: list[Cell], common: list[str], passthrough: list[str],
+                 suite: bool) -> None:
+    """One `genlab train -m` of the zoo: these cells on one dataset and their pending seeds."""
+    sweep = members[0].folder.parent
+    if suite:
+        varying = members[0].overrides
+        subdir = f"{members[0].label}/s${{seed}}"
+    else:
+        varying = [f"model={','.join(c.model for c in members)}", f"dataset={dataset}"]
+        subdir = "${model.name}/s${seed}"
+    argv = [sys.executable, "-m", "genlab", "train", "-m", *common, *varying, f"seed={','.join(map(str, seeds))}",
+            f"hydra.sweep.dir={quote(sweep)}", f"hydra.sweep.subdir={subdir}", "~hydra.callbacks.genlab_sweep",
+            *passthrough]
+    names = ", ".join(c.label for c in members)
+    print(f"genlab zoo: training {names} on {dataset}, seeds {','.join(map(str, seeds))}", flush=True)
+    proc = subprocess.run(argv)
+    if proc.returncode not in (0, 1):  # 1: a job failed and is recorded in its status.json
+        for c in members:
+            for s in seeds:
+                st = job_state(c.job_dir(s))
+                if st["state"] == "pending":
+                    c.error = f"the sweep ended with exit status {proc.returncode} before this job started"
 
 
 def quote(path: Path) -> str:
@@ -341,31 +351,40 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
 
 def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dict, dict]:
     """Evaluate every finished job; fill cell.jobs; return ({dataset: eval.json of its first job}, {cell label: tile})."""
+    from genlab import progress
+
+    protocol, tiles = {}, {}
+    with progress.bar(sum(len(c.seeds) for c in cells), "zoo: evaluating jobs", "job") as bar:
+        for c in cells:
+            _collect_cell(c, samples, nll, protocol, tiles)
+            bar.update(len(c.seeds))
+    return protocol, tiles
+
+
+def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, tiles: dict) -> None:
+    """Evaluate one cell's finished jobs into c.jobs (and the dataset's protocol, the cell's tile)."""
     from genlab.commands.common import load_run
     from genlab.commands.sweep import first_line
 
-    protocol, tiles = {}, {}
-    for c in cells:
-        c.jobs = []
-        for s in c.seeds:
-            job = c.job_dir(s)
-            st = job_state(job)
-            rec = {"seed": s, "dir": job, "state": st["state"], "error": st.get("error") or c.error,
-                   "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
-            if st["state"] == "done":
-                try:
-                    model = load_run(str(job), "last", "cpu").model  # capabilities as the built model declares them
-                    if not model.translates:  # genlab eval scores sampled images; a translator has none
-                        ev = evaluate_job(job, samples, bool(model.slow_sampling), nll)
-                        rec["values"] = dict(ev["values"])
-                        protocol.setdefault(c.dataset, ev)
-                    tile, per_1k = gallery_tile(job)
-                    rec["s_per_1k_samples"] = per_1k
-                    tiles.setdefault((c.label, c.dataset), tile)
-                except (GenlabError, OSError, RuntimeError, ValueError) as e:
-                    rec["state"], rec["error"] = "failed", f"evaluation: {first_line(e)}"
-            c.jobs.append(rec)
-    return protocol, tiles
+    c.jobs = []
+    for s in c.seeds:
+        job = c.job_dir(s)
+        st = job_state(job)
+        rec = {"seed": s, "dir": job, "state": st["state"], "error": st.get("error") or c.error,
+               "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
+        if st["state"] == "done":
+            try:
+                model = load_run(str(job), "last", "cpu").model  # capabilities as the built model declares them
+                if not model.translates:  # genlab eval scores sampled images; a translator has none
+                    ev = evaluate_job(job, samples, bool(model.slow_sampling), nll)
+                    rec["values"] = dict(ev["values"])
+                    protocol.setdefault(c.dataset, ev)
+                tile, per_1k = gallery_tile(job)
+                rec["s_per_1k_samples"] = per_1k
+                tiles.setdefault((c.label, c.dataset), tile)
+            except (GenlabError, OSError, RuntimeError, ValueError) as e:
+                rec["state"], rec["error"] = "failed", f"evaluation: {first_line(e)}"
+        c.jobs.append(rec)
 
 
 # ---- the table ---------------------------------------------------------------------------------

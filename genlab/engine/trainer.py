@@ -24,6 +24,7 @@ from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import distributed, signals, tb_layout, writers
 from genlab.engine.budget import parse_duration
+from genlab.engine.memory import keep_freed_memory
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
@@ -67,16 +68,19 @@ def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.
 
 
 @contextmanager
-def _side_effect_free(model: torch.nn.Module, device: torch.device):
-    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory."""
-    was_training = model.training
+def _side_effect_free(model: torch.nn.Module, device: torch.device, steps_bound: int | None = None):
+    """Eval mode and a forked RNG, so logging and evaluation never change the training trajectory;
+    samplers that take steps take at most steps_bound (trainer.sample_steps) meanwhile."""
+    was_training, bound = model.training, model.steps_bound
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         model.eval()
+        model.steps_bound = steps_bound
         try:
             yield
         finally:
             model.train(was_training)
+            model.steps_bound = bound
 
 
 class Trainer:
@@ -101,6 +105,8 @@ class Trainer:
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
+        self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
         # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
         # per second get curves with points at the same training times (genlab zoo) and lose at most
         # that much training when interrupted.
@@ -122,6 +128,7 @@ class Trainer:
         self.schedule = model.schedule()
         nets = model.networks()
         self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
+        self._trainable: str | None = None  # the optimizer key whose parameters require grad now
         missing = {s.optimizer for s in self.schedule} - set(nets)
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
@@ -189,7 +196,7 @@ class Trainer:
 
     def train_time(self) -> float:
         """Seconds this run has trained (periodic evaluation excluded), earlier segments included."""
-        return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
+        return self.elapsed + (self.clock() - self.started if self.started is not None else 0.0)
 
     def out_of_time(self) -> bool:
         """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
@@ -211,6 +218,7 @@ class Trainer:
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
         """Train until trainer.max_steps; returns the last logged scalars."""
         self.setup(model, data)
+        keep_freed_memory()
         if resume is not None:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
@@ -274,32 +282,41 @@ class Trainer:
                         e, self.run_dir / "checkpoints" / "last.pt")
 
     def _steps(self, t, bar) -> None:
-        """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
+        """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last.
+
+        The hot path: the trainer config is read into locals once (an OmegaConf attribute costs
+        microseconds), step functions compute their diagnostics only on logging steps (ctx.log), and
+        the gradient norm is taken only there; what stays per update is the loss in the log window and
+        the on-device non-finite flag.
+        """
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
-        self.started = tick
+        self.started = self.clock()
         self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
-        if self.step == 0 and t.sample_every:
+        max_steps, log_every, batch_size, grad_clip = int(t.max_steps), int(t.log_every), int(t.batch_size), t.grad_clip
+        sample_every, eval_every, checkpoint_every = int(t.sample_every), int(t.eval_every), int(t.checkpoint_every)
+        if self.step == 0 and sample_every:
             self.log_images()
-        while self.step < t.max_steps:
-            log_now = t.log_every and (self.step + 1) % t.log_every == 0
+        while self.step < max_steps:
+            log_now = bool(log_every) and (self.step + 1) % log_every == 0
             for s in self.schedule:
                 if not s.due(self.step):
                     continue
                 self._train_only(s.optimizer)
+                optimizer, params = self.optimizers[s.optimizer], self.params[s.optimizer]
                 for _ in range(s.repeat):
-                    batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
+                    batch = self.data.next(batch_size) if s.needs_data else Batch.of_size(batch_size)
+                    ctx = self.precision.context(self.step, s.optimizer, log=log_now)
                     with self.precision.autocast():
-                        loss, logs = self.run_step(s.optimizer, s.fn, batch, self.precision.context(self.step, s.optimizer))
-                    norm = self.precision.backward_and_step(
-                        loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
-                        t.grad_clip, need_norm=bool(log_now))
+                        loss, logs = self.run_step(s.optimizer, s.fn, batch, ctx)
+                    norm = self.precision.backward_and_step(loss, optimizer, s.optimizer, params, grad_clip,
+                                                            need_norm=log_now)
                     if s.after is not None:
                         s.after(logs)
                     if self._bad_step is not None:  # divergence is caught at the step it happens
                         ok = torch.isfinite(loss.detach())
                         self._bad_step = torch.where(ok, self._bad_step, self._bad_step.clamp_max(self.step + 1))
-                    if t.log_every:
+                    if log_every:
                         # Non-finite values are left out of the window's average (with fp16 they mark
                         # steps the GradScaler skipped); a window with no finite value at all is divergence.
                         logs = {"loss": loss, **logs}
@@ -327,11 +344,11 @@ class Trainer:
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
             due = self.due_by_time()
-            if t.sample_every and self.step % t.sample_every == 0:
+            if sample_every and self.step % sample_every == 0:
                 self.log_images()
-            if (t.eval_every and self.step % t.eval_every == 0) or "eval" in due:
+            if (eval_every and self.step % eval_every == 0) or "eval" in due:
                 self.run_eval()
-            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or "checkpoint" in due:
+            if (checkpoint_every and self.step % checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
             # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
             self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
@@ -341,7 +358,13 @@ class Trainer:
                 break
 
     def _train_only(self, key: str) -> None:
-        """Gradients only for the networks this step updates (the others are inputs, not targets)."""
+        """Gradients only for the networks this step updates (the others are inputs, not targets).
+
+        Set when the phase changes, not at every step: a one-phase schedule (a VAE, a flow) sets it once.
+        """
+        if key == self._trainable:
+            return
+        self._trainable = key
         for k, ps in self.params.items():
             if k != key:
                 for p in ps:
@@ -402,7 +425,7 @@ class Trainer:
             if cap == 0:
                 return
             fixed["n"] = min(fixed["n"], int(cap))
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -412,11 +435,11 @@ class Trainer:
 
     def run_eval(self) -> dict:
         """Held-out metrics (the model's own and the evaluator's), to TensorBoard and eval_history.jsonl."""
-        t0, trained = time.perf_counter(), self.train_time()
+        t0, c0, trained = time.perf_counter(), self.clock(), self.train_time()
         metrics = self.dist.broadcast(self._evaluate() if self.dist.is_main else None)
         if not self.dist.is_main:
             self.keep_best(metrics)  # best.pt's save is a collective every rank joins
-            self._after_eval(metrics, t0)
+            self._after_eval(metrics, c0)
             return metrics
         seconds = time.perf_counter() - t0
         self.eval_seconds += seconds
@@ -434,18 +457,18 @@ class Trainer:
             log.info("step %d eval: %s", self.step, ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self.keep_best(metrics)
-        self._after_eval(metrics, t0)
+        self._after_eval(metrics, c0)
         return metrics
 
-    def _after_eval(self, metrics: dict, t0: float) -> None:
+    def _after_eval(self, metrics: dict, c0: float) -> None:
         self.last_eval = {"step": self.step, **metrics}
         if self.started is not None:
             # Evaluation is outside the max_time budget: a fast model evaluates more often per second
             # of training and must not lose training time for it.
-            self.started += time.perf_counter() - t0
+            self.started += self.clock() - c0
 
     def _evaluate(self) -> dict:
-        with _side_effect_free(self.model, self.device):
+        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
             metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
                                                k=self.tcfg.get("eval_nll_k")))
             if self.evaluator is not None:

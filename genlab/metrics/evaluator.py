@@ -193,7 +193,7 @@ class Evaluator:
             for i in range(0, n, batch):
                 m = min(batch, n - i)
                 kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
-                out.append(model.sample(m, generator=g, **kw).float().cpu())
+                out.append(model.sample(m, generator=g, **kw, **self.settings.sampling).float().cpu())
                 bar.update(m)
         return torch.cat(out), labels
 

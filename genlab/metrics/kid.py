@@ -1,4 +1,5 @@
-"""Kernel Inception Distance: unbiased MMD^2 with a polynomial kernel (Binkowski et al. 2018)."""
+"""Kernel Inception Distance: unbiased MMD^2 with a polynomial kernel (Binkowski et al. 2018). The kernels
+and the MMD estimator are also the WAE's penalty between aggregate posterior and prior (models/autoencoder.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,40 @@ def polynomial_kernel(x: torch.Tensor, y: torch.Tensor, degree: int = 3,
     return (x @ y.T * gamma + coef) ** degree
 
 
-def mmd2_unbiased(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> float:
-    """Unbiased MMD^2 from the kernel matrices of two samples (diagonals of k_xx, k_yy dropped)."""
+def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ y.T + y.pow(2).sum(1)).clamp_min(0)
+
+
+def rbf_kernel(x: torch.Tensor, y: torch.Tensor, bandwidth: float = 1.0) -> torch.Tensor:
+    """k(x, y) = exp(-||x - y||^2 / (2 h^2)) as a (N, M) matrix."""
+    return torch.exp(-_sq_dist(x, y) / (2 * bandwidth**2))
+
+
+def imq_kernel(x: torch.Tensor, y: torch.Tensor, scales=(0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+               base: float | None = None) -> torch.Tensor:
+    """The WAE's inverse multiquadratic kernel sum_s C_s / (C_s + ||x - y||^2), C_s = s * base with base
+    2 D (Tolstikhin et al. 2018: C = 2 D sigma^2 for a N(0, sigma^2 I) prior, summed over scales)."""
+    c = 2.0 * x.shape[1] if base is None else base
+    d = _sq_dist(x, y)
+    return sum(s * c / (s * c + d) for s in scales)
+
+
+def mmd2_unbiased_tensor(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 from the kernel matrices of two samples (diagonals of k_xx, k_yy dropped), differentiable."""
     m, n = k_xx.shape[0], k_yy.shape[0]
     xx = (k_xx.sum() - k_xx.diagonal().sum()) / (m * (m - 1))
     yy = (k_yy.sum() - k_yy.diagonal().sum()) / (n * (n - 1))
-    return float(xx + yy - 2.0 * k_xy.mean())
+    return xx + yy - 2.0 * k_xy.mean()
+
+
+def mmd2_unbiased(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) -> float:
+    """Unbiased MMD^2 from the kernel matrices of two samples, as a float."""
+    return float(mmd2_unbiased_tensor(k_xx, k_yy, k_xy))
+
+
+def mmd2(x: torch.Tensor, y: torch.Tensor, kernel) -> torch.Tensor:
+    """Unbiased MMD^2 between samples x (N, D) and y (M, D) under kernel(a, b) -> (len(a), len(b))."""
+    return mmd2_unbiased_tensor(kernel(x, x), kernel(y, y), kernel(x, y))
 
 
 def kid(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 100, subset_size: int = 1000,

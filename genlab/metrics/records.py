@@ -105,3 +105,4 @@ class EvalSettings:
     nll_k: Optional[int] = None  # importance samples of an estimated NLL (None = the model's own)
     featurenet: dict = field(default_factory=dict)  # the feature network's recipe overrides, cache_dir
     cache: bool = True  # keep reference features on disk next to the feature network
+    sampling: dict = field(default_factory=dict)  # the sampler's settings for model.sample (diffusion: steps, eta, guidance)

@@ -40,6 +40,13 @@ class Model(nn.Module):
     translates: bool = False
     #: sample() takes a `temperature` (flows, VAEs, autoregressive models)
     accepts_temperature: bool = False
+    #: an auto-encoder: codes(x) gives the latent codes of data and decode(z) data again, so an ex-post
+    #: prior can be fitted to the codes (genlab sample prior=gmm)
+    encodes: bool = False
+    #: the sampler settings sample() takes (`genlab sample steps= eta= guidance=`): diffusion models
+    sample_options: tuple = ()
+    #: the trainer's cap on sampling steps around its periodic pictures and evaluation (None: no cap)
+    steps_bound: int | None = None
     #: the typed options (model.*); config.py merges the composed model node into it
     Config = ModelConfig
     #: a model trained on another run's model (a VQ-VAE's prior) names the config key of that run;
@@ -86,6 +93,15 @@ class Model(nn.Module):
         """n samples in data space ([-1, 1] images (n,C,H,W) or points (n,D))."""
         raise NotImplementedError
 
+    def sampling_problem(self, **options) -> str | None:
+        """Why these sampler settings (None = not given) cannot work on this model (None if they can)."""
+        given = [k for k, v in options.items() if v is not None and k not in self.sample_options]
+        if given:
+            return (f"{given[0]}= sets a diffusion sampler; {self.cfg.name} does not sample in steps (the images "
+                    "per row of mode=interp/traverse are path_length=)" if not self.sample_options
+                    else f"{given[0]}= does not apply to {self.cfg.name}; its sampler takes {', '.join(self.sample_options)}")
+        return None
+
     def sample_seconds(self, n: int) -> float | None:
         """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
         return None
@@ -106,10 +122,11 @@ class Model(nn.Module):
         return {"samples": viz.grid(x, nrow=fixed.get("nrow"))}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit: int | None = None, k: int | None = None) -> dict[str, float]:
+    def evaluate(self, data, *, limit: int | None = None, k: int | None = None, on_batch=None) -> dict[str, float]:
         """Held-out metrics the model can compute itself (e.g. test NLL); {} for GANs.
 
-        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting.
+        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting;
+        on_batch: called with the number of test examples done after each batch.
         """
         return {}
 

@@ -96,11 +96,8 @@ class Flow(LikelihoodModel):
                                  norm=cfg.norm, n_layers=cfg.n_layers,
                                  rule=None if cfg.coupling == "auto" else cfg.coupling, bins=cfg.spline_bins,
                                  tail_bound=cfg.tail_bound)
-
-    @property
-    def slow_sampling(self) -> bool:
-        """Sampling inverts one dimension at a time (MAF, MADE, as their builders declare): slow on images."""
-        return F.FLOWS[self.cfg.kind].sequential_inverse and self.spec.kind == "image"
+        # Sampling inverts one dimension at a time where the builder declares it (MAF, MADE): slow on images.
+        self.slow_sampling = F.FLOWS[cfg.kind].sequential_inverse and spec.kind == "image"
 
     def networks(self):
         return {"flow": self.flow}

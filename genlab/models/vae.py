@@ -7,6 +7,10 @@ and a decoder p(x|z) that is a proper likelihood of the data it is given:
 - gaussian: points (a density), or 8-bit images, where the density of uniformly dequantised pixels
   plus D*log(bin width) bounds the discrete log-likelihood (as for the flows).
 
+With model.prior=vamp (Tomczak & Welling 2018) the prior is the VampPrior p(z) = 1/K sum_k q(z | u_k),
+a mixture of the encoder's posteriors at K learned pseudo-inputs u_k (model.prior_components); its KL
+term is then the single-sample estimate log q(z|x) - log p(z).
+
 So every number is in nats of the data the run was trained on, and 8-bit numbers are comparable with
 RealNVP, Glow and PixelCNN in bits/dim. Training minimises -ELBO (reconstruction + beta * KL, with
 KL warm-up and free bits) or, with iwae_k > 1, the IWAE bound. The test NLL is an importance-sampled
@@ -29,9 +33,13 @@ from genlab import nets
 from genlab.metrics.likelihood import PIXEL_BIN, dequantize_pixels, logmeanexp
 from genlab.models.base import Batch, NetConfig, StepContext, conv_size_problem
 from genlab.models.likelihood import LikelihoodModel
+from genlab.nets.inference import inference_copy
 from genlab.nets.pixelcnn import discretized_logistic_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
+# The conv VAE's fastest chunk on a CPU (scripts/bench_nll.py: smaller batches stay in cache; 4096 took
+# 1.4x the CPU time); a GPU wants large batches.
+CPU_EVAL_CHUNK = 64
 
 
 @dataclass
@@ -48,12 +56,16 @@ class VAEConfig:
     iwae_k: int = 1  # importance samples in the training objective (1 = the ELBO)
     eval_k: int = 1000  # importance samples for the test NLL estimate
     eval_limit: int = 1000  # test examples used by evaluate()
-    eval_chunk: int = 4096  # decoder evaluations per forward pass during evaluation
+    # decoder evaluations per forward pass during evaluation; null = CPU_EVAL_CHUNK on a CPU, 4096 elsewhere
+    eval_chunk: Optional[int] = None
+    prior: str = "standard"  # standard (N(0, I)) | vamp (the VampPrior)
+    prior_components: int = 500  # prior=vamp: K pseudo-inputs
     encoder: NetConfig = field(default_factory=NetConfig)
     decoder: NetConfig = field(default_factory=NetConfig)
 
 
 DISTS = ("auto", "bernoulli", "logistic", "gaussian")
+PRIORS = ("standard", "vamp")
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -93,6 +105,7 @@ class VAE(LikelihoodModel):
     Config = VAEConfig
     key = "vae"
     accepts_temperature = True
+    encodes = True
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
@@ -106,14 +119,25 @@ class VAE(LikelihoodModel):
                     "dataset.binarize=dynamic (or static), or use model.decoder_dist=logistic")
         if cfg.z_dim < 1 or cfg.kl_weight < 0:
             return "model.z_dim must be >= 1 and model.kl_weight >= 0"
+        problem = (nets.settings_problem(cfg.encoder, spec.kind, "discriminator", "model.encoder", NetConfig())
+                   or nets.settings_problem(cfg.decoder, spec.kind, "generator", "model.decoder", NetConfig()))
+        if problem:
+            return problem
         if cfg.gaussian_std is not None and cfg.gaussian_std <= 0:
             return f"model.gaussian_std must be > 0, got {cfg.gaussian_std}"
-        if cfg.iwae_k < 1 or cfg.eval_k < 1 or cfg.eval_limit < 1 or cfg.eval_chunk < 1:
+        chunk_ok = cfg.eval_chunk is None or cfg.eval_chunk >= 1
+        if cfg.iwae_k < 1 or cfg.eval_k < 1 or cfg.eval_limit < 1 or not chunk_ok:
             return "model.iwae_k, model.eval_k, model.eval_limit and model.eval_chunk must be >= 1"
         if cfg.kl_warmup_steps < 0 or cfg.free_bits < 0:
             return "model.kl_warmup_steps and model.free_bits must be >= 0"
         if cfg.free_bits > 0 and cfg.iwae_k > 1:
             return "model.free_bits applies to the ELBO only; use it with model.iwae_k=1"
+        if cfg.prior not in PRIORS:
+            return f"model.prior must be one of {', '.join(PRIORS)}, got {cfg.prior}"
+        if cfg.prior == "vamp" and cfg.prior_components < 1:
+            return f"model.prior_components must be >= 1, got {cfg.prior_components}"
+        if cfg.prior == "vamp" and cfg.free_bits > 0:
+            return "model.free_bits needs the KL per latent dimension, which the VampPrior has not; use prior=standard"
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.encoder.arch, spec.kind),
                                                nets.resolve_arch(cfg.decoder.arch, spec.kind)):
             return conv_size_problem(spec.shape)
@@ -130,6 +154,9 @@ class VAE(LikelihoodModel):
         self.decoder = nets.generator(cfg.decoder, out_spec, cfg.z_dim, out_activation="none")
         if self.dist == "gaussian" and cfg.gaussian_std is None:
             self.log_std = nn.Parameter(torch.zeros(*spec.shape))
+        if cfg.prior == "vamp":
+            # Pseudo-inputs in data space near its centre (Tomczak & Welling initialise them small, too).
+            self.pseudo_inputs = nn.Parameter(0.01 * torch.randn(cfg.prior_components, *spec.shape))
 
     def networks(self):
         return {"vae": self}
@@ -165,6 +192,8 @@ class VAE(LikelihoodModel):
             target = (x.flatten(1) + 1) / 2  # exactly {0, 1} on binarised data
             return -F.binary_cross_entropy_with_logits(out.flatten(1), target, reduction="none").sum(1)
         if self.dist == "logistic":
+            # Independent discretised logistics per sub-pixel (PixelCNN++'s likelihood with one
+            # component, bins at the 8-bit levels).
             c = x.shape[1]
             return discretized_logistic_log_prob(x, out[:, :c], out[:, c:])
         out, x = out.flatten(1), x.flatten(1)
@@ -172,6 +201,18 @@ class VAE(LikelihoodModel):
                    else self.log_std.flatten().to(out.dtype).expand_as(out))
         lp = (-0.5 * ((x - out) / log_std.exp()).pow(2) - log_std - 0.5 * _LOG_2PI).sum(1)
         return lp + self.num_dims * math.log(PIXEL_BIN) if self.dequantized else lp
+
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VampPrior's components (mu, logvar), each (K, z_dim): q(z | u_k) at the pseudo-inputs."""
+        u = self.pseudo_inputs
+        return self.encode(F.hardtanh(u) if self.spec.kind == "image" else u)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) over the last dimension: N(0, I), or the VampPrior's mixture log(1/K sum_k q(z | u_k))."""
+        if self.cfg.prior == "standard":
+            return log_normal(z)
+        mu, logvar = self.prior_components()
+        return torch.logsumexp(log_normal(z.unsqueeze(-2), mu, logvar), -1) - math.log(len(mu))
 
     def kl_weight(self, step: int) -> float:
         """beta at this global step: linear warm-up from 0 to kl_weight over kl_warmup_steps."""
@@ -184,9 +225,11 @@ class VAE(LikelihoodModel):
         """Per-example reconstruction log-likelihood and KL (per dimension too) for one sample."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        rec = self.log_px_z(self.decoder(z), x)
+        if self.cfg.prior != "standard":  # no closed form: the single-sample estimate of the KL
+            return {"log_px_z": rec, "kl": log_normal(z, mu, logvar) - self.log_prior(z), "mu": mu}
         kl_dim = gaussian_kl_per_dim(mu, logvar)
-        return {"log_px_z": self.log_px_z(self.decoder(z), x), "kl": kl_dim.sum(1), "kl_dim": kl_dim,
-                "mu": mu}
+        return {"log_px_z": rec, "kl": kl_dim.sum(1), "kl_dim": kl_dim, "mu": mu}
 
     def log_weights(self, x: torch.Tensor, k: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p(x|z), log p(z) - log q(z|x)), each (k, N), for z ~ q(z|x); their sum is the log weight.
@@ -196,14 +239,15 @@ class VAE(LikelihoodModel):
         mu, logvar = self.encode(x)
         n = x.shape[0]
         per = max(1, (chunk or k * n) // n)
+        decoder = self._eval_decoder if self._eval_decoder is not None else self.decoder
         recs, ratios = [], []
         for i in range(0, k, per):
             s = min(per, k - i)
             z = mu + torch.randn(s, *mu.shape, device=mu.device, dtype=mu.dtype) * (0.5 * logvar).exp()
-            recon = self.decoder(z.reshape(s * n, -1))
+            recon = decoder(z.reshape(s * n, -1))
             xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
             recs.append(self.log_px_z(recon, xs).view(s, n))
-            ratios.append(log_normal(z) - log_normal(z, mu, logvar))
+            ratios.append(self.log_prior(z) - log_normal(z, mu, logvar))
         return torch.cat(recs, 0), torch.cat(ratios, 0)
 
     def train_step(self, batch: Batch, ctx: StepContext):
@@ -229,20 +273,38 @@ class VAE(LikelihoodModel):
                       "kl_weight": torch.tensor(beta)}
 
     # ---- evaluation (the template averages these terms and adds bits/dim) ------------------------
+    _eval_decoder: nn.Module | None = None  # a copy for evaluate()'s decoder passes (not a submodule)
+
+    def evaluate(self, data, **kwargs):
+        """The template's evaluation; on CPU the k decoder passes per image run on the decoder's
+        inference copy (nets.inference_copy: the same function, faster there)."""
+        if next(self.parameters()).device.type == "cpu":
+            object.__setattr__(self, "_eval_decoder", inference_copy(self.decoder))
+        try:
+            return super().evaluate(data, **kwargs)
+        finally:
+            object.__setattr__(self, "_eval_decoder", None)
+
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The importance-sampled estimate of log p(x) with eval_k samples from q (a bound in expectation)."""
         return self._iwae_log_prob(self.prepare(x))
 
     def _iwae_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        rec, ratio = self.log_weights(x, self.eval_k(), self.cfg.eval_chunk)
+        rec, ratio = self.log_weights(x, self.eval_k(), self.eval_chunk())
         return logmeanexp((rec + ratio).double(), 0)
 
-    def eval_k(self) -> int:
+    def eval_k(self) -> int | None:
         """Importance samples of the test NLL: evaluate()'s k when given, else model.eval_k."""
         return int(self.eval_k_override or self.cfg.eval_k)
 
     def eval_batch_size(self) -> int:
-        return max(1, min(100, self.cfg.eval_chunk // max(1, min(self.eval_k(), 50))))
+        return max(1, min(100, self.eval_chunk() // max(1, min(self.eval_k(), 50))))
+
+    def eval_chunk(self) -> int:
+        """Decoder passes per forward pass of the evaluation: model.eval_chunk, or the fastest measured one."""
+        if self.cfg.eval_chunk is not None:
+            return int(self.cfg.eval_chunk)
+        return CPU_EVAL_CHUNK if next(self.parameters()).device.type == "cpu" else 4096
 
     def eval_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Test NLL (importance-sampled, eval_k), -ELBO and KL per example, and the posterior means."""
@@ -271,10 +333,28 @@ class VAE(LikelihoodModel):
         """Mean images (or points) for latents z."""
         return _full(self.mean_image(self.decoder(z.to(next(self.parameters()).device))))
 
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior means of x: the latent codes an ex-post prior (genlab sample prior=gmm) is fitted to."""
+        return self.encode(self.prepare(x))[0]
+
+    def prior_latents(self, eps: torch.Tensor, components: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents of the prior from standard normal noise: z = eps, or for the VampPrior
+        z = mu_k + std_k * eps with component k of each row (default i mod K, so fixed noise gives fixed samples)."""
+        if self.cfg.prior == "standard":
+            return eps
+        mu, logvar = self.prior_components()
+        k = components if components is not None else torch.arange(len(eps), device=eps.device) % len(mu)
+        return mu[k] + (0.5 * logvar[k]).exp() * eps
+
     @torch.no_grad()
     def sample(self, n, *, generator=None, labels=None, noise=None, temperature=1.0, **kwargs):
-        z = noise if noise is not None else self.latent(n, generator)
-        return self.decode(z * temperature)
+        if noise is not None:
+            return self.decode(self.prior_latents(noise.to(next(self.parameters()).device) * temperature))
+        eps = self.latent(n, generator)
+        k = None
+        if self.cfg.prior == "vamp":  # a component drawn uniformly for each sample
+            k = torch.randint(self.cfg.prior_components, (n,), generator=generator, device=eps.device)
+        return self.decode(self.prior_latents(eps * temperature, k))
 
     @torch.no_grad()
     def visuals(self, fixed, data):
