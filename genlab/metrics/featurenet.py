@@ -149,15 +149,15 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float
     return correct / max(len(x), 1)
 
 
-def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
-    """Train the recipe's classifier on data's train split; returns (net, test accuracy)."""
+def fit_classifier(x: torch.Tensor, y: torch.Tensor, recipe: Recipe, device="cpu", tag: str = "") -> LeNet:
+    """The recipe's LeNet trained on 8-bit images x (N, C, H, W) with labels y (seeded, in eval mode on CPU)."""
     g = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         c, h, _ = recipe.shape
         net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    x, y = data.raw("train")[:recipe.n_train].cpu(), data.train_y[:recipe.n_train].cpu()
+    x, y = x.cpu(), y.cpu()
     steps = max(1, -(-len(x) // recipe.batch_size)) * recipe.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     t0 = time.perf_counter()
@@ -178,10 +178,17 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
                 bar.update()
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
-            log.info("featurenet %s: epoch %d/%d, train loss %.4f (%.0fs)", recipe.id, epoch + 1,
+            log.info("%s: epoch %d/%d, train loss %.4f (%.0fs)", tag or f"classifier {recipe.id}", epoch + 1,
                      recipe.epochs, total / n, time.perf_counter() - t0)
+    return net.cpu().eval()
+
+
+def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
+    """Train the recipe's classifier on data's train split; returns (net, test accuracy)."""
+    net = fit_classifier(data.raw("train")[:recipe.n_train], data.train_y[:recipe.n_train], recipe, device,
+                         f"featurenet {recipe.id}")
     n_test = min(len(data.test_y), recipe.n_train)  # the whole test split unless trained on a few images
-    acc = _accuracy(net, data.raw("test")[:n_test].cpu(), data.test_y[:n_test].cpu(), device)
+    acc = _accuracy(net.to(device), data.raw("test")[:n_test].cpu(), data.test_y[:n_test].cpu(), device)
     return net.cpu().eval(), acc
 
 

@@ -130,10 +130,11 @@ class Model(nn.Module):
         return {"samples": viz.grid(x, nrow=fixed.get("nrow"))}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit: int | None = None, k: int | None = None) -> dict[str, float]:
+    def evaluate(self, data, *, limit: int | None = None, k: int | None = None, on_batch=None) -> dict[str, float]:
         """Held-out metrics the model can compute itself (e.g. test NLL); {} for GANs.
 
-        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting.
+        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting;
+        on_batch: called with the number of test examples done after each batch.
         """
         return {}
 

@@ -93,7 +93,7 @@ class CycleGAN(GAN):
         if spec.kind != "image" or getattr(spec, "domains", 1) != 2:
             return ("model cyclegan needs two unpaired image domains: use dataset=unpaired_sneaker_sandal "
                     "or dataset=unpaired_folders dataset.domain_a.path=DIR dataset.domain_b.path=DIR")
-        problem = cls.game_problem(cfg)
+        problem = cls.game_problem(cfg, spec)
         if problem:
             return problem
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:

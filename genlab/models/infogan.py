@@ -41,8 +41,12 @@ class InfoDiscriminator(nn.Module):
         self.q = nn.Sequential(nn.Linear(self.body.feature_dim, q_hidden), nn.LeakyReLU(0.2, True),
                                nn.Linear(q_hidden, q_out))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's penultimate features (N, F), shared by both heads."""
+        return self.body.features(x)
+
     def forward(self, x: torch.Tensor):
-        h = self.body.features(x)
+        h = self.features(x)
         return self.body.head(h).squeeze(1), self.q(h)
 
 
