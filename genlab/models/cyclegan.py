@@ -96,6 +96,8 @@ class CycleGAN(GAN):
         problem = cls.game_problem(cfg, spec)
         if problem:
             return problem
+        if cfg.lecam_weight > 0:
+            return "model.lecam_weight > 0 is not built for cyclegan (its two discriminators need anchors each); leave it 0"
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
             return "model.cycle_weight, identity_weight, adversarial_weight and pool_size must be >= 0"
         c, h, w = spec.shape

@@ -28,7 +28,7 @@ from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compila
 
 
 @dataclass
-class AdversarialConfig(Augmentation, Regularisers):
+class AdversarialConfig(Augmentation, LeCamConfig, Regularisers):
     """The options of every game the template plays, whatever its networks (GANs and CycleGAN)."""
 
     name: str = "gan"
@@ -59,7 +59,7 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
 
 
 @dataclass
-class GANConfig(AdversarialConfig, GeneratorObjective, LeCamConfig):
+class GANConfig(AdversarialConfig, GeneratorObjective):
     z_dim: int = 64
     generator: NetConfig = field(default_factory=NetConfig)
     discriminator: NetConfig = field(default_factory=NetConfig)
