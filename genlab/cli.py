@@ -153,7 +153,7 @@ def expand_resume(overrides: list[str]) -> list[str]:
     from genlab.errors import GenlabError
 
     try:
-        state = ckpt.load(ckpt.resolve(value))
+        state = ckpt.RunRecord.load(value).state  # kept: preflight and train read it from here
     except GenlabError as e:
         fail(str(e))
     given = {_key(o) for o in overrides}

@@ -116,16 +116,14 @@ class LoadedRun:
 def load_run(run: str, which: str = "last", device: str = "auto") -> LoadedRun:
     """Rebuild the model of a run folder (or .pt) from its checkpoint's config and weights."""
     from genlab.config import build_model
-    from genlab.data import Spec
     from genlab.device import resolve_device
-    from genlab.engine import checkpoint as ckpt
+    from genlab.engine.checkpoint import RunRecord, load_model_state
 
-    path = ckpt.resolve(run, which)
-    state = ckpt.load(path)
-    cfg = OmegaConf.create(state["config"])
-    s = state["spec"]
-    spec = Spec(s["kind"], tuple(s["shape"]), s["num_classes"], s.get("binarized", False))
-    model = build_model(cfg, spec)
-    ckpt.load_model_state(model, state["model"], path)
+    record = RunRecord.load(run, which)
+    if record.spec is None:
+        raise GenlabError(f"{record.path} holds no record of its data (spec); use a checkpoint written by genlab")
+    cfg = record.config
+    model = build_model(cfg, record.spec)
+    load_model_state(model, record.state["model"], record.path)
     model.to(resolve_device(device)).eval()
-    return LoadedRun(model, cfg, spec, {**s, "step": state["step"]}, path)
+    return LoadedRun(model, cfg, record.spec, record.info, record.path)

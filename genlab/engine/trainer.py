@@ -28,6 +28,7 @@ from genlab.engine.memory import keep_freed_memory
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
+from genlab.seeds import derive
 from genlab.types import Batch
 
 log = logging.getLogger("genlab")
@@ -104,7 +105,7 @@ class Trainer:
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
-        self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        self.max_seconds = parse_duration(self.tcfg.max_time)
         # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
         self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
         # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
@@ -134,15 +135,15 @@ class Trainer:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k, model.optimizer_ratio(k))
                            for k, ps in self.params.items()}
-        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.channels_last))
         self.dist.training = True
         self.dist.seed_rank(int(self.cfg.seed))
-        g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
+        g = torch.Generator().manual_seed(derive(self.cfg.seed, "fixed-noise"))
         n = int(self.tcfg.num_fixed_samples)
         if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
             n = max(n, 2000)
         z = model.latent(n, generator=g)
-        self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": int(self.cfg.seed) + 99}
+        self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": derive(self.cfg.seed, "visuals")}
 
     def state_dict(self) -> dict:
         return {
@@ -152,10 +153,7 @@ class Trainer:
             "step": self.step,
             "data": self.data.state_dict(),
             "rng": ckpt.rng_state(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "spec": {"kind": self.data.kind, "shape": list(self.data.shape),
-                     "num_classes": self.data.num_classes, "binarized": self.data.binarize is not None,
-                     "extent": self.data.extent, "class_names": self.data.class_names},
+            **ckpt.describe_run(self.cfg, self.data),
             "genlab_version": __version__,
             "best": self.best,
             "elapsed": self.train_time(),
@@ -420,7 +418,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         fixed = dict(self.fixed)
-        cap = self.tcfg.get("slow_sample_images")
+        cap = self.tcfg.slow_sample_images
         if self.model.slow_sampling and cap is not None:
             if cap == 0:
                 return
@@ -469,8 +467,8 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
-            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
-                                               k=self.tcfg.get("eval_nll_k")))
+            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.eval_nll_images,
+                                               k=self.tcfg.eval_nll_k))
             if self.evaluator is not None:
                 metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
@@ -480,7 +478,7 @@ class Trainer:
 
         The name matches a scalar exactly or up to a bracketed qualifier: `fid` matches `fid[lenet-mnist]`.
         """
-        name = self.tcfg.get("best_metric")
+        name = self.tcfg.best_metric
         if not name:
             return False
         keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
@@ -490,7 +488,7 @@ class Trainer:
         value = float(metrics[keys[0]])
         if not math.isfinite(value):
             return False
-        lower = str(self.tcfg.get("best_mode", "min")) == "min"
+        lower = str(self.tcfg.best_mode) == "min"
         if self.best is not None and not (value < self.best["value"] if lower else value > self.best["value"]):
             return False
         self.best = {"metric": keys[0], "value": value, "step": self.step}

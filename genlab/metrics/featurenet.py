@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from genlab import progress, safeio
 from genlab.errors import GenlabError
 from genlab.metrics.refcache import cache_root, module_digest
+from genlab.pixels import from_levels, to_uint8
 
 log = logging.getLogger("genlab")
 
@@ -143,7 +144,7 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), 1000):
-            xb = x[i:i + 1000].to(device).float().div(127.5).sub(1)
+            xb = from_levels(x[i:i + 1000].to(device))
             correct += int((net(xb).argmax(1).cpu() == y[i:i + 1000].cpu()).sum())
     return correct / max(len(x), 1)
 
@@ -168,7 +169,7 @@ def fit_classifier(x: torch.Tensor, y: torch.Tensor, recipe: Recipe, device="cpu
             total, n = 0.0, 0
             for i in range(0, len(x), recipe.batch_size):
                 idx = perm[i:i + recipe.batch_size]
-                xb = x[idx].to(device).float().div(127.5).sub(1)
+                xb = from_levels(x[idx].to(device))
                 loss = F.cross_entropy(net(xb), y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -272,7 +273,7 @@ class InceptionNet:
         feats, probs = [], []
         with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
             for i in range(0, len(x), batch_size):
-                xb = ((x[i:i + batch_size].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                xb = to_uint8(x[i:i + batch_size])
                 if xb.shape[1] == 1:
                     xb = xb.expand(-1, 3, -1, -1)
                 f, logits = self.net(xb.to(dev))

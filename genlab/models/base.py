@@ -106,9 +106,17 @@ class Model(nn.Module):
         """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
         return None
 
+    def latent_shape(self) -> tuple | None:
+        """The shape of one standard-normal latent that sample(noise=...) takes; None: no latent input."""
+        return None
+
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
-        return None
+        shape = self.latent_shape()
+        if shape is None:
+            return None
+        dev = generator.device if generator is not None else next(self.parameters()).device
+        return torch.randn(n, *shape, generator=generator, device=dev)
 
     @torch.no_grad()
     def visuals(self, fixed: dict, data) -> dict[str, torch.Tensor]:

@@ -28,14 +28,13 @@ from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compila
 
 
 @dataclass
-class GANConfig(Augmentation, GeneratorObjective, LeCamConfig, Regularisers):
+class AdversarialConfig(Augmentation, LeCamConfig, Regularisers):
+    """The options of every game the template plays, whatever its networks (GANs and CycleGAN)."""
+
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
-    z_dim: int = 64
     n_critic: int = 1
-    generator: NetConfig = field(default_factory=NetConfig)
-    discriminator: NetConfig = field(default_factory=NetConfig)
     # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
     ema_decay: Optional[float] = None
     # PacGAN (Lin et al. 2018): D judges m samples at once, joined along features (points) or channels
@@ -57,6 +56,13 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
     if m == 1:
         return x
     return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
+
+
+@dataclass
+class GANConfig(AdversarialConfig, GeneratorObjective):
+    z_dim: int = 64
+    generator: NetConfig = field(default_factory=NetConfig)
+    discriminator: NetConfig = field(default_factory=NetConfig)
 
 
 @dataclass
@@ -83,19 +89,14 @@ class GAN(Model):
                             "override the heads() hook instead")
 
     @classmethod
-    def check(cls, cfg, spec) -> str | None:
-        """Why cfg cannot work on data of this spec (None if it can)."""
-        problem = loss_problem(cfg.loss, cls.loss_params(cfg))
+    def game_problem(cls, cfg, spec) -> str | None:
+        """Why the game's options (AdversarialConfig: loss, augmentation, regularisers, EMA) cannot work."""
+        problem = (loss_problem(cfg.loss, cls.loss_params(cfg)) or regulariser_problem(cfg)
+                   or augment_problem(cfg, spec, LOSSES[cfg.loss]))
         if problem:
             return problem
         if cfg.n_critic < 1:
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
-        if cfg.z_dim < 1:
-            return f"model.z_dim must be >= 1, got {cfg.z_dim}"
-        problem = (regulariser_problem(cfg) or lecam_problem(cfg) or objective_problem(cfg)
-                   or augment_problem(cfg, spec, LOSSES[cfg.loss]))
-        if problem:
-            return problem
         if cfg.pack < 1:
             return f"model.pack must be >= 1 (1 = no packing), got {cfg.pack}"
         if cfg.pack > 1 and not cls.packs:
@@ -103,6 +104,16 @@ class GAN(Model):
                     "discriminator inputs cannot be packed; use model.pack=1")
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
+        return None
+
+    @classmethod
+    def check(cls, cfg, spec) -> str | None:
+        """Why cfg cannot work on data of this spec (None if it can)."""
+        problem = cls.game_problem(cfg, spec) or lecam_problem(cfg) or objective_problem(cfg)
+        if problem:
+            return problem
+        if cfg.z_dim < 1:
+            return f"model.z_dim must be >= 1, got {cfg.z_dim}"
         problem = (nets.settings_problem(cfg.generator, spec.kind, "generator", "model.generator", NetConfig())
                    or nets.settings_problem(cfg.discriminator, spec.kind, "discriminator", "model.discriminator",
                                             NetConfig()))
@@ -211,16 +222,16 @@ class GAN(Model):
                           needs_data=self.generator_needs_data()))
         return steps
 
-    def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else self.device
-        return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
+    def latent_shape(self):
+        return (self.cfg.z_dim,)
 
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, device=self.device)
+        """z ~ N(0, I) alone (a variant's latent() may append codes), from the global RNG."""
+        return Model.latent(self, n)
 
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake_x, fake_cond = self.fake(len(batch))

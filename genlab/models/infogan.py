@@ -98,9 +98,8 @@ class InfoGAN(GAN):
         return z, idx, rest[:, o:]
 
     def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
-        return self.encode(z, *self.codes(n, dev, generator))
+        z = super().latent(n, generator)
+        return self.encode(z, *self.codes(n, z.device, generator))
 
     def info_loss(self, q_out: torch.Tensor, idx: torch.Tensor, cont: torch.Tensor):
         """-L_I up to the constant H(c): cross-entropy of each categorical code plus the Gaussian NLL

@@ -164,9 +164,8 @@ class VAE(LikelihoodModel):
     def compile_targets(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else next(self.parameters()).device
-        return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
+    def latent_shape(self):
+        return (self.cfg.z_dim,)
 
     # ---- the likelihood -----------------------------------------------------------------------
     @property
