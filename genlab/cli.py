@@ -153,7 +153,7 @@ def expand_resume(overrides: list[str]) -> list[str]:
     from genlab.errors import GenlabError
 
     try:
-        state = ckpt.load(ckpt.resolve(value))
+        state = ckpt.RunRecord.load(value).state  # kept: preflight and train read it from here
     except GenlabError as e:
         fail(str(e))
     given = {_key(o) for o in overrides}
@@ -285,11 +285,73 @@ def main(argv: list[str] | None = None) -> None:
     if name == "train" and not info:
         overrides = overrides + rank_flags(multirun)
     sys.argv = [f"genlab-{name}", *flags, *overrides]
-    if info:  # --help, --cfg, ...: Hydra answers from the config alone, without torch (a quick CLI)
-        info_app(name)()
+    if info:  # --help, --cfg, ...: answered from the config alone, without torch (a quick CLI)
+        if not answer_info(name, sys.argv[1:]):
+            info_app(name)()
         return
     module = importlib.import_module(cmds[name][0])
     module.main()
+
+
+def config_groups(root=None, parent: str = "") -> dict[str, list[str]]:
+    """genlab's config groups and their options, read from the config tree (not Hydra's repository)."""
+    root = resources.files("genlab.configs") if root is None else root
+    groups = {}
+    for d in sorted(root.iterdir(), key=lambda p: p.name):
+        name = f"{parent}{d.name}"
+        if not d.is_dir() or d.name.startswith(("_", ".")) or name == "hydra":
+            continue
+        options = sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
+        if options:
+            groups[name] = options
+        groups.update(config_groups(d, f"{name}/"))
+    return groups
+
+
+def answer_info(name: str, argv: list[str]) -> bool:
+    """`--help` and `--cfg` answered with one composition (Hydra's own help lists every group through
+    a deep copy of its whole config repository each: seconds); False for the flags left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.hydra_help or args.info or args.shell_completion or args.config_path or args.config_name \
+            or args.config_dir or args.multirun or not (args.help or args.cfg):
+        return False
+    check_groups(args.overrides)
+    import string
+
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from genlab.config import register_configs
+
+    register_configs()
+    with initialize_config_module("genlab.configs", version_base="1.3", job_name=name):
+        hydra = GlobalHydra.instance().hydra
+        try:
+            if not args.help:
+                hydra.show_cfg(config_name=name, overrides=args.overrides, cfg_type=args.cfg,
+                               package=args.package, resolve=args.resolve)
+                return True
+            cfg = hydra.compose_config(config_name=name, overrides=args.overrides, run_mode=RunMode.RUN,
+                                       from_shell=True, with_log_configuration=False)
+        except Exception as e:  # noqa: BLE001 - Hydra raises several kinds
+            fail(f"invalid config: {describe(e)}")
+        HydraConfig.instance().set_config(cfg)
+        template = string.Template(cfg.hydra.help.template)
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        if args.resolve:
+            OmegaConf.resolve(job)
+        groups = "".join(f"{g}: {', '.join(opts)}\n" for g, opts in config_groups().items())
+        hydra_groups = hydra.format_config_groups(lambda g: g == "hydra" or g.startswith("hydra/")) \
+            if "HYDRA_CONFIG_GROUPS" in cfg.hydra.help.template else ""
+        print(template.substitute(FLAGS_HELP=hydra.format_args_help(parser), APP_CONFIG_GROUPS=groups,
+                                  HYDRA_CONFIG_GROUPS=hydra_groups, CONFIG=OmegaConf.to_yaml(job)))
+    return True
 
 
 def info_app(name: str):

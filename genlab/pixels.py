@@ -20,6 +20,11 @@ def from_levels(k: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
     return k.to(dtype) / 127.5 - 1  # as the data pipeline does, so round trips are exact
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] to their 8-bit levels as uint8 (PNG, NPZ, Inception's input)."""
+    return to_levels(x).to(torch.uint8)
+
+
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Images (N, C, H, W) convolved per channel with a Gaussian of `sigma` pixels (kernel to 3 sigma, reflected edges)."""
     radius = max(1, int(3 * sigma + 0.5))

@@ -53,11 +53,13 @@ def _one() -> float:
 
 @dataclass
 class StepContext:
-    """What a step function may need from the loop: the global step and loss scaling for autograd.grad."""
+    """What a step function may need from the loop: the global step, loss scaling for autograd.grad, and
+    whether its logs are written (log=False: only the loss is, so diagnostics need not be computed)."""
 
     step: int
     scale: Callable[[torch.Tensor], torch.Tensor] = _identity
     inv_scale: Callable[[], float] = _one
+    log: bool = True
 
 
 LossFn = Callable[[Batch, StepContext], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]

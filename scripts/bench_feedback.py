@@ -4,14 +4,14 @@
     python scripts/bench_feedback.py --parts cli,debug --models vae,pixelcnn
     python scripts/bench_feedback.py --parts eval --eval-samples 10000
     python scripts/bench_feedback.py --parts wgan --budget 150 --experiments default,cpu_wgan_gp
-    python scripts/bench_feedback.py --parts loop --loop-steps 300
+    python scripts/bench_feedback.py --parts loop --loop-repeats 5
     python scripts/bench_feedback.py --parts threads
     python scripts/bench_feedback.py --pythonpath ../other-checkout --parts cli,debug   # another genlab
 
 Parts: cli (help / --cfg / pre-check error), debug (trainer=debug per model), eval (genlab eval of
 --eval-samples Fashion-MNIST samples, cold then warm cache), wgan (WGAN-GP for --budget seconds, then
-its own LeNet FID and coverage next to steps/s), loop (Trainer vs a bare PyTorch loop on grid25
-WGAN-GP, best of alternating runs), threads (1 vs 2 threads, OMP_WAIT_POLICY). Wall seconds depend on
+its own LeNet FID and coverage next to steps/s), loop (Trainer vs a bare PyTorch loop:
+scripts/bench_loop.py), threads (1 vs 2 threads, OMP_WAIT_POLICY). Wall seconds depend on
 what else runs on the machine, so CPU seconds (user + system of the child) are printed next to them.
 """
 
@@ -134,13 +134,10 @@ def part_wgan(args) -> None:
 
 
 def part_loop(args) -> None:
-    """Trainer vs bare loop, in a child so that thread settings and imports are its own."""
-    env = {**environment(args), "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, __file__, "--child", "loop", "--loop-steps", str(args.loop_steps),
-                        "--loop-repeats", str(args.loop_repeats)], env=env, capture_output=True, text=True,
-                       timeout=3600)
-    print("\n## Trainer vs bare PyTorch loop, grid25 WGAN-GP (256-wide MLPs, batch 256, 1 thread)")
-    print(p.stdout.strip() or p.stderr[-2000:])
+    """Trainer vs bare loop: scripts/bench_loop.py (alternating pinned runs, MLP and conv)."""
+    print("\n## Trainer vs bare PyTorch loop (scripts/bench_loop.py)", flush=True)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "bench_loop.py"), "--repeats", str(args.loop_repeats),
+                    "--pythonpath", str(Path(args.pythonpath).resolve())], timeout=3 * 3600)
 
 
 def part_threads(args) -> None:
@@ -161,94 +158,6 @@ def part_threads(args) -> None:
 
 
 # ---- children: measured in their own process (threads and imports are per process) -------------
-def _wgan_gp_setup(hidden: int = 256, batch: int = 256):
-    """grid25 WGAN-GP as genlab builds it: (cfg, data, model)."""
-    import torch
-
-    from genlab import data as data_lib
-    from genlab.config import model_class, register_configs, validate
-    from hydra import compose, initialize_config_module
-
-    register_configs()
-    with initialize_config_module("genlab.configs", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "experiment=grid25_wgan_gp", f"trainer.batch_size={batch}", "trainer.device=cpu", "trainer.progress=false",
-            "trainer.sample_every=0", "trainer.checkpoint_every=0", "trainer.num_threads=1",
-            f"model.generator.hidden={hidden}", f"model.discriminator.hidden={hidden}"])
-    torch.manual_seed(0)
-    data = data_lib.build(cfg.dataset, "cpu", seed=0)
-    model = model_class(cfg)(validate(cfg), data.spec)
-    return cfg, data, model
-
-
-def bare_loop(model, data, cfg, steps: int) -> float:
-    """The same networks, data tensor and optimizers in the plainest PyTorch loop; returns steps/s."""
-    import torch
-
-    G, D = model.generator, model.discriminator
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optimizer.lr, betas=tuple(cfg.optimizer.betas))
-    bs, z_dim, n_critic, lam = int(cfg.trainer.batch_size), int(cfg.model.z_dim), int(cfg.model.n_critic), 10.0
-    t0 = time.process_time()
-    for _ in range(steps):
-        for p in D.parameters():
-            p.requires_grad_(True)
-        for p in G.parameters():
-            p.requires_grad_(False)
-        for _ in range(n_critic):
-            real = data.next(bs).x
-            fake = G(torch.randn(bs, z_dim))
-            alpha = torch.rand(bs, 1)
-            x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-            (grad,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
-            gp = ((grad.norm(2, dim=1) - 1) ** 2).mean()
-            loss = D(fake).mean() - D(real).mean() + lam * gp
-            opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_d.step()
-        for p in D.parameters():
-            p.requires_grad_(False)
-        for p in G.parameters():
-            p.requires_grad_(True)
-        loss = -D(G(torch.randn(bs, z_dim))).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_g.step()
-    return steps / (time.process_time() - t0)
-
-
-def trainer_loop(model, data, cfg, steps: int) -> float:
-    from omegaconf import open_dict
-
-    from genlab.engine.trainer import Trainer
-
-    with open_dict(cfg):
-        cfg.trainer.max_steps = steps
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.process_time()
-        Trainer(cfg, Path(d)).fit(model, data)
-        return steps / (time.process_time() - t0)
-
-
-def child_loop(steps: int, repeats: int) -> None:
-    import torch
-
-    import torch.utils.tensorboard  # noqa: F401 - imported before timing: the bare loop imports nothing
-    import tqdm  # noqa: F401
-
-    torch.set_num_threads(1)
-    best = {"bare": 0.0, "trainer": 0.0}
-    for r in range(repeats):
-        for kind in ("bare", "trainer") if r % 2 == 0 else ("trainer", "bare"):
-            cfg, data, model = _wgan_gp_setup()
-            sps = (bare_loop if kind == "bare" else trainer_loop)(model, data, cfg, steps)
-            best[kind] = max(best[kind], sps)
-            print(f"  run {r + 1} {kind:<8}{sps:8.2f} steps per CPU second", flush=True)
-    print(f"best of {repeats} (steps per CPU second: what other jobs on the machine change least): "
-          f"bare {best['bare']:.2f}, Trainer {best['trainer']:.2f} "
-          f"(log_every={cfg.trainer.log_every}): ratio {best['trainer'] / best['bare']:.3f}")
-
-
 def child_threads(net: str) -> None:
     """Median wall ms and CPU ms per Adam update of a 256-wide MLP (batch 256) or DCGAN-style convs (batch 64)."""
     import torch
@@ -296,12 +205,9 @@ def main() -> None:
     p.add_argument("--budget", type=float, default=150, help="wgan part: training seconds per recipe")
     p.add_argument("--experiments", default="default,cpu_wgan_gp")
     p.add_argument("--wgan-eval-samples", type=int, default=5000)
-    p.add_argument("--loop-steps", type=int, default=300)
     p.add_argument("--loop-repeats", type=int, default=3)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child == "loop":
-        return child_loop(args.loop_steps, args.loop_repeats)
     if args.child.startswith("threads:"):
         return child_threads(args.child.split(":", 1)[1])
     print(f"genlab from {Path(args.pythonpath).resolve()}; {os.cpu_count()} CPUs, load average "

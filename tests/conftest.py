@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import struct
 import subprocess
@@ -101,6 +102,17 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 
 TINY = ["trainer=debug", "trainer.progress=false"]
 
 
+NET_KEYS = {"points": (".hidden=", ".depth="), "image": (".base_channels=",)}
+NET_NODES = ("model.generator.", "model.discriminator.", "model.encoder.", "model.decoder.")
+
+
+def nets_for(overrides: list[str], kind: str) -> list[str]:
+    """The network-size overrides that apply to `kind` ('points': MLP sizes, 'image': conv widths); a network
+    setting its architecture does not take is an error, so one list serving both is filtered here."""
+    other = NET_KEYS["image" if kind == "points" else "points"]
+    return [o for o in overrides if not (o.lstrip("+").startswith(NET_NODES) and any(k in o for k in other))]
+
+
 def assert_same_state(a: dict, b: dict) -> None:
     """Two checkpoints hold bit-identical weights and optimizer states at the same step."""
     assert a["step"] == b["step"]
@@ -111,3 +123,17 @@ def assert_same_state(a: dict, b: dict) -> None:
         for i in sa:
             for name in sa[i]:
                 assert torch.equal(torch.as_tensor(sa[i][name]), torch.as_tensor(sb[i][name])), (key, i, name)
+
+
+@pytest.fixture
+def keep_logging():
+    """Hydra apps run in this process configure logging onto the test's captured streams: undo that afterwards."""
+    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
+    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+    yield
+    for name in list(logging.root.manager.loggerDict) + ["root"]:
+        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
+        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

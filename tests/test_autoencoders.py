@@ -13,13 +13,13 @@ from genlab.data import Spec
 from genlab.metrics.kid import imq_kernel, mmd2, rbf_kernel
 from genlab.models.gmm import GaussianMixture, fit_gmm
 from genlab.types import Batch, StepContext
-from tests.conftest import TINY, assert_same_state, compose, run_cli
+from tests.conftest import TINY, assert_same_state, compose, nets_for, run_cli
 
 NETS = ["model.encoder.hidden=16", "model.encoder.base_channels=8", "model.z_dim=2"]
 CASES = {
     "wae": ["model=wae", *NETS, "model.decoder.hidden=16", "model.decoder.base_channels=8"],
-    "aae": ["model=aae", *NETS, "model.generator.hidden=16", "model.generator.base_channels=8",
-            "model.discriminator.hidden=16"],
+    # the AAE's generator and discriminator play in code space (MLPs on z): no conv widths to set
+    "aae": ["model=aae", *NETS, "model.generator.hidden=16", "model.discriminator.hidden=16"],
     "vampprior": ["model=vampprior", *NETS, "model.decoder.hidden=16", "model.decoder.base_channels=8",
                   "model.prior_components=5", "model.eval_k=4", "model.eval_limit=16"],
 }
@@ -29,7 +29,8 @@ def build(case, dataset="mnist", *extra):
     from genlab.config import build_model
 
     spec = Spec("image", (1, 28, 28)) if dataset == "mnist" else Spec("points", (2,))
-    return build_model(compose([f"dataset={dataset}", *CASES[case], *extra]), spec)
+    kind = "image" if dataset == "mnist" else "points"
+    return build_model(compose([f"dataset={dataset}", *nets_for(CASES[case], kind), *extra]), spec)
 
 
 # ----------------------------------------------------------------------------- MMD
@@ -140,7 +141,7 @@ def test_gmm_log_prob_is_the_weighted_sum_of_gaussians():
 
 def cfg(case, root, steps=4, extra=()):
     return compose(["dataset=mnist", f"dataset.root={root}", *TINY, "trainer.eval_every=0", f"trainer.max_steps={steps}",
-                    *CASES[case], *extra])
+                    *nets_for(CASES[case], "image"), *extra])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -170,7 +171,7 @@ def test_aae_plays_the_gan_templates_losses_and_regularisers(tmp_path):
     rec = (model.generator.decoder(z) - x).pow(2).sum(1).mean()
     torch.testing.assert_close(loss, rec - 0.5 * model.discriminate(z)[0].mean())
     clipped = build("aae", "grid25", "model.clip=0.01", "model.loss=wasserstein")
-    train(compose(["dataset=grid25", "dataset.n_train=256", "dataset.n_test=128", *TINY, *CASES["aae"],
+    train(compose(["dataset=grid25", "dataset.n_train=256", "dataset.n_test=128", *TINY, *nets_for(CASES["aae"], "points"),
                    "model.clip=0.01", "model.loss=wasserstein", "optimizer.lr=0.5", "trainer.eval_every=0"]), tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["model"]
     d = [v for k, v in state.items() if k.startswith("discriminator.") and v.is_floating_point()]

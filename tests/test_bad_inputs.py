@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import logging
 import os
 import pickle
 import struct
@@ -226,6 +225,8 @@ CASES = {
     "resume corrupt": (["train", *TOY, "trainer.resume=corrupt.pt"], "not a genlab checkpoint"),
     "resume truncated": (["train", *TOY, "trainer.resume=truncated.pt"], "corrupt, truncated"),
     "resume unsafe": (["train", *TOY, "trainer.resume=evil.pt"], "contains objects other than tensors"),
+    "first stage unsafe": (["train", "model=vqvae_prior", "model.vqvae_run=evil.pt", "dataset=mnist"],
+                           "checkpoint evil.pt contains objects other than tensors (posix.system): refused"),
     "resume foreign": (["train", *TOY, "trainer.resume=foreign.pt"], "is not a genlab checkpoint"),
     "resume other model": (["train", f"trainer.resume={RUN}", "model=wgan_gp", *TOY], "is of model=gan"),
     "resume other shape": (["train", f"trainer.resume={RUN}", "model=gan", *TOY, "model.z_dim=3"],
@@ -288,17 +289,9 @@ CASES = {
 
 
 @pytest.fixture(autouse=True)
-def _keep_logging():
-    """Hydra apps run here configure logging onto this test's captured streams: undo that afterwards."""
-    loggers = [logging.getLogger()] + [logging.getLogger(n) for n in list(logging.root.manager.loggerDict)]
-    saved = {lg.name: (lg.handlers[:], lg.level, lg.propagate) for lg in loggers}
+def _keep_logging(keep_logging):
+    """Every case runs a Hydra app in this process (see conftest.keep_logging)."""
     yield
-    for name in list(logging.root.manager.loggerDict) + ["root"]:
-        lg = logging.getLogger() if name == "root" else logging.getLogger(name)
-        handlers, level, propagate = saved.get(lg.name, ([], logging.NOTSET, True))
-        lg.handlers[:] = handlers
-        lg.setLevel(level)
-        lg.propagate = propagate
 
 
 def snapshot(root: Path) -> dict:

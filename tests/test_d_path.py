@@ -146,3 +146,25 @@ def test_lazy_r1_rescales_the_discriminators_adam_as_stylegan2(tmp_path):
     assert g["lr"] == pytest.approx(0.001) and g["betas"] == pytest.approx((0.5, 0.99))
     # not lazy: as configured
     assert _gan(r1_weight=1.0, r1_every=1).optimizer_ratio("discriminator") == 1.0
+
+
+def test_cyclegan_is_the_template_over_two_pairs(registered):
+    from genlab.config import build_model
+    from genlab.models.cyclegan import CycleGAN
+
+    cfg = compose(["model=cyclegan", "model.generator.base_channels=4", "model.generator.n_blocks=1",
+                   "model.discriminator.base_channels=4", "model.discriminator.n_layers=1", "model.pool_size=0",
+                   "model.augment=recorder", "model.gp_weight=1", "model.ema_decay=0.5"])
+    model = build_model(cfg, Spec("image", (1, 16, 16), None, domains=2))
+    assert isinstance(model, CycleGAN) and isinstance(model, GAN)
+    a, b = torch.rand(3, 1, 16, 16) * 2 - 1, torch.rand(3, 1, 16, 16) * 2 - 1
+    model.generator_step(Batch(a, b), CTX)
+    assert len(model.augment.seen) == 2  # G(a) judged by D_B, F(b) by D_A
+    model.augment.seen.clear()
+    _, logs = model.discriminator_step(Batch(a, b), CTX)
+    # per domain: real, pooled fake, the penalty's interpolates
+    assert len(model.augment.seen) == 6 and torch.equal(model.augment.seen[0], a) and torch.equal(model.augment.seen[3], b)
+    assert "real_sign" in logs and "D_a_gradient_penalty" in logs
+    steps = {s.name: s for s in model.schedule()}
+    assert steps["discriminator"].after == model.after_discriminator and steps["generator"].after == model.update_ema
+    assert model.sampler is model.generator_ema  # the template's EMA, over both generators

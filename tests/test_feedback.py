@@ -121,8 +121,7 @@ def test_nll_bounds_reach_the_model(tmp_path):
 
     root = make_mnist(tmp_path / "data", "MNIST", n_train=64, n_test=48)
     cfg = compose(["model=vae", "dataset=mnist", f"dataset.root={root}", "dataset.download=false",
-                   "model.encoder.hidden=16", "model.decoder.hidden=16", "model.encoder.base_channels=4",
-                   "model.decoder.base_channels=4"])
+                   "model.encoder.base_channels=4", "model.decoder.base_channels=4"])
     data = _data(root)
     vae = model_class(cfg)(validate(cfg), data.spec).eval()
     out = vae.evaluate(data, limit=7, k=3)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, compose, run_cli
+from conftest import TINY, compose, nets_for, run_cli
 
 NETS = ["model.generator.base_channels=8", "model.discriminator.base_channels=8",
         "model.generator.hidden=16", "model.discriminator.hidden=16"]
@@ -39,7 +39,8 @@ def _state(run_dir):
 def _overrides(model, root, steps, dataset=None):
     data = [] if model == "cyclegan" else [f"dataset={dataset or 'fashion_mnist'}"]
     return [f"model={model}", *data, f"dataset.root={root}", "dataset.download=false", *TINY,
-            "trainer.batch_size=8", f"trainer.max_steps={steps}", "trainer.checkpoint_every=0", *VARIANTS[model]]
+            "trainer.batch_size=8", f"trainer.max_steps={steps}", "trainer.checkpoint_every=0",
+            *nets_for(VARIANTS[model], "image")]
 
 
 @pytest.mark.parametrize("model", sorted(VARIANTS))
@@ -65,9 +66,15 @@ def test_variant_trains_checkpoints_and_resumes_exactly(model, mnist_root, tmp_p
 @pytest.mark.parametrize("model", UNCONDITIONAL)
 def test_unconditional_variant_trains_on_points(model, tmp_path):
     over = [f"model={model}", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY,
-            "trainer.max_steps=2", *VARIANTS[model]]
+            "trainer.max_steps=2", *nets_for(VARIANTS[model], "points")]
     last = _train(over, tmp_path)
-    assert all(np.isfinite(v) for v in last.values())
+    from genlab.models.losses import LOSSES
+
+    role = LOSSES[compose(over).model.loss].role  # the D step is named after its role
+    losses = {f"{role}/loss", "generator/loss"}
+    assert losses <= set(last), sorted(last)  # both players logged the last step
+    assert all(np.isfinite(last[k]) for k in losses) and all(np.isfinite(v) for v in last.values())
+    assert _state(tmp_path)["step"] == 2
 
 
 def test_conditional_and_unpaired_requirements_are_one_line_errors(mnist_root, tmp_path):
@@ -128,7 +135,7 @@ def test_sample_translates_a_split_or_a_folder_with_cyclegan(mnist_root, tmp_pat
 
 @pytest.mark.slow
 def test_cli_trains_cgan_and_samples_labels(mnist_root, tmp_path):
-    r = run_cli(["train", "model=cgan", "dataset=fashion_mnist", f"dataset.root={mnist_root}", *TINY, *NETS,
+    r = run_cli(["train", "model=cgan", "dataset=fashion_mnist", f"dataset.root={mnist_root}", *TINY, *nets_for(NETS, "image"),
                  f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert r.returncode == 0, r.stderr
     r = run_cli(["sample", f"run={tmp_path / 'run'}", "labels=3", "num_samples=4", f"out={tmp_path / 'x.npz'}"], tmp_path)

@@ -18,7 +18,7 @@ from genlab.models.base import Model
 from genlab.models.gan import GAN
 from genlab.models.losses import LOSSES, RelativisticAverage, build_loss, loss_problem
 from genlab.types import Batch, Spec, StepContext
-from tests.conftest import TINY, compose
+from tests.conftest import TINY, compose, nets_for
 from tests.test_gan_family import Fixed
 
 DTYPE = torch.float64
@@ -115,7 +115,7 @@ def test_ragan_generator_step_draws_real_data_and_other_losses_do_not():
 
 def _model(name, *over):
     torch.manual_seed(0)
-    cfg = compose([f"model={name}", "dataset=fashion_mnist", *SMALL, *over])
+    cfg = compose([f"model={name}", "dataset=fashion_mnist", *nets_for(SMALL, "image"), *over])
     return build_model(cfg, IMAGES)
 
 
@@ -216,7 +216,7 @@ def test_trainer_runs_lazy_r1_on_the_right_steps(tmp_path, monkeypatch):
         return real_r1(critic, real, ctx, group)
 
     monkeypatch.setattr(penalties, "r1_penalty", spy)
-    over = ["model=gan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *SMALL,
+    over = ["model=gan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *nets_for(SMALL, "points"),
             "trainer.max_steps=7", "trainer.sample_every=0", "model.r1_weight=1", "model.r1_every=3"]
     train(compose(over), tmp_path)
     assert calls == [0, 3, 6]
@@ -228,7 +228,7 @@ def test_generator_steps_that_need_no_data_draw_none(tmp_path):
 
     pos = {}
     for name in ("gan", "ragan"):
-        over = [f"model={name}", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *SMALL,
+        over = [f"model={name}", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *nets_for(SMALL, "points"),
                 "trainer.max_steps=3", "trainer.batch_size=16", "trainer.sample_every=0"]
         train(compose(over), tmp_path / name)
         pos[name] = torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True)["data"]["pos"]
@@ -298,7 +298,7 @@ def test_resume_is_bit_identical_with_lazy_r1_and_a_relativistic_generator(tmp_p
     from genlab.commands.train import train
 
     def run(steps, out, *extra):
-        over = ["model=ragan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *SMALL,
+        over = ["model=ragan", "dataset=grid25", "dataset.n_train=256", "dataset.n_test=64", *TINY, *nets_for(SMALL, "points"),
                 f"trainer.max_steps={steps}", "trainer.sample_every=0", "model.r1_weight=1", "model.r1_every=2",
                 *extra]
         train(compose(over), tmp_path / out)

@@ -313,3 +313,30 @@ def test_a_signal_during_the_final_evaluation_stops_it_at_once(phase, tmp_path, 
         "genlab: stopped by SIGTERM during the final evaluation at step 10; checkpoint "), lines
     assert ckpt.load(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 10  # written before it began
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are gone again
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_a_signal_stops_genlab_sample_and_eval_at_once_with_one_line(command, tmp_path, monkeypatch, capsys,
+                                                                     keep_logging):
+    from genlab import cli
+    from genlab.commands import sample as sample_cmd
+
+    train(compose([*TOY, "trainer.max_steps=2", "trainer.checkpoint_every=0"]), tmp_path / "run")
+
+    def slow_generate(*args, **kwargs):  # drawing samples for an hour
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(120)
+
+    monkeypatch.setattr(sample_cmd, "generate", slow_generate)
+    from genlab.metrics.evaluator import Evaluator
+
+    monkeypatch.setattr(Evaluator, "samples", lambda self, model, n=None: slow_generate())
+    monkeypatch.setattr(sys, "argv", ["genlab"])
+    t0 = time.monotonic()
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, f"run={tmp_path / 'run'}", f"out={tmp_path / ('x.png' if command == 'sample' else 'e.json')}"])
+    assert e.value.code == 143 and time.monotonic() - t0 < 60
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["genlab: stopped by SIGTERM; nothing more was written"], lines
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "e.json").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

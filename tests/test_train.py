@@ -11,7 +11,7 @@ import torch
 from genlab.commands.train import train
 from genlab.engine import checkpoint as ckpt
 from genlab.errors import GenlabError
-from tests.conftest import assert_same_state, compose, run_cli
+from tests.conftest import assert_same_state, compose, nets_for, run_cli
 
 FOUNDATION_MODELS = ["gan", "wgan", "wgan_gp", "vae", "realnvp"]
 SMALL = {  # small networks so a step takes milliseconds
@@ -25,7 +25,8 @@ SMALL["wgan"] = SMALL["wgan_gp"] = SMALL["gan"]
 
 
 def tiny(model: str, dataset: str, root: Path | None = None, extra=()) -> list[str]:
-    o = [f"model={model}", f"dataset={dataset}", "trainer=debug", "trainer.progress=false", *SMALL[model]]
+    kind = "points" if dataset in ("grid25", "ring8") else "image"
+    o = [f"model={model}", f"dataset={dataset}", "trainer=debug", "trainer.progress=false", *nets_for(SMALL[model], kind)]
     if dataset in ("grid25", "ring8"):
         o += ["dataset.n_train=512", "dataset.n_test=256"]
     if root is not None:

@@ -39,6 +39,9 @@ def user_errors():
         print(f"genlab: {e}; continue with: genlab train trainer.resume={Path(e.path).parent.parent}",
               file=sys.stderr)
         sys.exit(e.exit_code)
+    except signals.Interrupted as e:  # eval and sample stop at once: their outputs are written at the end
+        print(f"genlab: stopped by {e}; nothing more was written", file=sys.stderr)
+        sys.exit(signals.EXIT_CODES.get(e.signum, 128 + e.signum))
     except KeyboardInterrupt:
         print("genlab: interrupted", file=sys.stderr)
         sys.exit(signals.EXIT_CODES.get(signals.requested_signal(), 130))
@@ -113,16 +116,14 @@ class LoadedRun:
 def load_run(run: str, which: str = "last", device: str = "auto") -> LoadedRun:
     """Rebuild the model of a run folder (or .pt) from its checkpoint's config and weights."""
     from genlab.config import build_model
-    from genlab.data import Spec
     from genlab.device import resolve_device
-    from genlab.engine import checkpoint as ckpt
+    from genlab.engine.checkpoint import RunRecord, load_model_state
 
-    path = ckpt.resolve(run, which)
-    state = ckpt.load(path)
-    cfg = OmegaConf.create(state["config"])
-    s = state["spec"]
-    spec = Spec(s["kind"], tuple(s["shape"]), s["num_classes"], s.get("binarized", False))
-    model = build_model(cfg, spec)
-    ckpt.load_model_state(model, state["model"], path)
+    record = RunRecord.load(run, which)
+    if record.spec is None:
+        raise GenlabError(f"{record.path} holds no record of its data (spec); use a checkpoint written by genlab")
+    cfg = record.config
+    model = build_model(cfg, record.spec)
+    load_model_state(model, record.state["model"], record.path)
     model.to(resolve_device(device)).eval()
-    return LoadedRun(model, cfg, spec, {**s, "step": state["step"]}, path)
+    return LoadedRun(model, cfg, record.spec, record.info, record.path)

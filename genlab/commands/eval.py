@@ -182,7 +182,9 @@ def _log_tb(run_dir: Path, result: dict, grid) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         evaluate_run(cfg)
 
 

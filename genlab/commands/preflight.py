@@ -102,8 +102,8 @@ def check_resume(cfg: DictConfig) -> None:
     from genlab.data import expected_spec
     from genlab.engine import checkpoint as ckpt
 
-    path = ckpt.resolve(cfg.trainer.resume)
-    state = ckpt.load(path)
+    record = ckpt.RunRecord.load(cfg.trainer.resume)
+    path, state = record.path, record.state
     old = state.get("config") or {}
     old_model = (old.get("model") or {}).get("name")
     if old_model is not None and old_model != cfg.model.get("name"):
@@ -113,16 +113,15 @@ def check_resume(cfg: DictConfig) -> None:
     if old_opt is not None and old_opt != cfg.optimizer._target_:
         raise GenlabError(f"trainer.resume={cfg.trainer.resume}: that run used {old_opt}, this one "
                           f"{cfg.optimizer._target_}; resume with the same optimizer")
-    spec = expected_spec(cfg.dataset)
-    s = state.get("spec") or {}
-    old_shape, old_classes = tuple(s.get("shape", ())), s.get("num_classes")
+    spec, old = expected_spec(cfg.dataset), record.spec
     # A folder's classes are its subfolders: known only once listed, so taken from the checkpoint.
-    same_classes = spec.num_classes is None or spec.num_classes == old_classes
-    if s and ((s.get("kind"), old_shape) != (spec.kind, spec.shape) or not same_classes):
-        raise GenlabError(f"trainer.resume={cfg.trainer.resume}: that run trained on {_data(s.get('kind'), old_shape, old_classes)}, "
-                          f"this dataset gives {_data(spec.kind, spec.shape, spec.num_classes)}; "
-                          "resume with the same dataset settings")
-    spec = dataclasses.replace(spec, num_classes=old_classes if s else spec.num_classes)
+    if old is not None:
+        same_classes = spec.num_classes is None or spec.num_classes == old.num_classes
+        if (old.kind, old.shape, old.domains) != (spec.kind, spec.shape, spec.domains) or not same_classes:
+            raise GenlabError(f"trainer.resume={cfg.trainer.resume}: that run trained on "
+                              f"{_data(old.kind, old.shape, old.num_classes)}, this dataset gives "
+                              f"{_data(spec.kind, spec.shape, spec.num_classes)}; resume with the same dataset settings")
+        spec = dataclasses.replace(spec, num_classes=old.num_classes)
     model = model_class(cfg)(typed_model_config(cfg), spec)
     problem = ckpt.model_mismatch(model, state["model"])
     if problem:

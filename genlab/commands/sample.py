@@ -19,6 +19,7 @@ from genlab import progress
 from genlab.commands import ex_post
 from genlab.commands.common import check_writable, load_run, run_folder, sampling_cost, user_errors
 from genlab.errors import GenlabError
+from genlab.pixels import from_levels, to_uint8
 
 
 @torch.no_grad()
@@ -28,21 +29,13 @@ def generate(model, n: int, seed: int, batch_size: int = 500, truncation: float 
 
     truncation=t draws the latent batch with every |z_i| > t redrawn (the truncation trick); noise
     gives the latent batch outright (interpolations, traversals); labels (n,) are split like noise."""
-    dev = next(model.parameters()).device
-    g = torch.Generator(dev).manual_seed(int(seed))
+    from genlab.metrics.sampling import batched_samples
+
+    g = torch.Generator(next(model.parameters()).device).manual_seed(int(seed))
     torch.manual_seed(int(seed))
     if truncation is not None and noise is None:
         noise = truncated_latent(model, n, float(truncation), g)
-    out = []
-    with progress.bar(n, "sampling", "img") as bar:
-        for i in range(0, n, batch_size):
-            m = min(batch_size, n - i)
-            z = {"noise": noise[i:i + m]} if noise is not None else {}
-            if labels is not None:
-                z["labels"] = labels[i:i + m].to(dev)
-            out.append(model.sample(m, generator=g, **z, **kwargs).float().cpu())
-            bar.update(m)
-    return torch.cat(out) if out else torch.empty(0)
+    return batched_samples(model, n, seed, batch_size, generator=g, noise=noise, labels=labels, **kwargs)
 
 
 def _latent(model, n: int, g: torch.Generator) -> torch.Tensor:
@@ -134,7 +127,7 @@ def npz_images(path: Path) -> torch.Tensor:
     if x.dtype != np.uint8 or x.shape[-1] not in (1, 3):
         raise GenlabError(f"{path}: 'images' is {x.dtype} of shape {x.shape}; expected uint8 (N, H, W, C) with "
                           "C = 1 or 3, as genlab sample writes")
-    return torch.from_numpy(x.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return from_levels(torch.from_numpy(x.copy()).permute(0, 3, 1, 2))
 
 
 def translation_inputs(run, source: str, direction: str, n: int, given: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,7 +154,7 @@ def translation_inputs(run, source: str, direction: str, n: int, given: torch.Te
         raise GenlabError(f"no images found under {folder}")
     c, size, _ = run.spec.shape
     limit = run.cfg.dataset.get("max_pixels", MAX_PIXELS)
-    return torch.stack([_load_image(p, c, size, limit) for p in files]).float().div(127.5).sub(1)
+    return from_levels(torch.stack([_load_image(p, c, size, limit) for p in files]))
 
 
 def translate(cfg, run, out: Path, given: torch.Tensor | None = None) -> Path:
@@ -186,7 +179,7 @@ def translate(cfg, run, out: Path, given: torch.Tensor | None = None) -> Path:
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
     """Images in [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8(x).permute(0, 2, 3, 1).numpy()
 
 
 def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int | None = None,
@@ -207,7 +200,9 @@ def write(x: torch.Tensor, kind: str, out: Path, extent: float = 1.0, nrow: int 
 
 @hydra.main(version_base="1.3", config_path="pkg://genlab.configs", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    with user_errors():
+    from genlab.engine import signals
+
+    with user_errors(), signals.at_once():
         sample(cfg)
 
 

@@ -75,8 +75,8 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
         resume = run_dir / "checkpoints" / "last.pt" if (run_dir / "checkpoints" / "last.pt").is_file() else None
     if resume:
-        path = ckpt.resolve(resume)
-        state = ckpt.load(path)
+        record = ckpt.RunRecord.load(resume)  # the file preflight already read, if it did
+        path, state = record.path, record.state
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
     threads = parallel_threads(cfg.trainer.num_threads, launcher)  # set, or shared by a parallel sweep's jobs

@@ -161,8 +161,8 @@ def fits(cfg) -> str | None:
         validate(cfg)
         spec = expected_spec(cfg.dataset)
         if model_class(cfg).translates != (spec.domains == 2):
-            return (f"model {cfg.model.name} {'translates between' if spec.domains == 2 else 'samples'} images; "
-                    f"dataset {cfg.dataset.name} has {spec.domains} domain(s)")
+            what = "translates images between two domains" if model_class(cfg).translates else "samples images"
+            return f"model {cfg.model.name} {what}; dataset {cfg.dataset.name} has {spec.domains} domain(s)"
         preflight.Preflight().train(cfg)
     except GenlabError as e:
         return str(e)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from genlab.pixels import from_levels
 from genlab.types import Batch, Spec
 
 __all__ = ["Batch", "Data", "Spec"]
@@ -67,7 +68,7 @@ class Data:
     # ---- tensors ------------------------------------------------------------------------------
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            return x.float().div_(127.5).sub_(1.0)
+            return from_levels(x)
         return x
 
     @property

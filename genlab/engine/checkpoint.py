@@ -7,6 +7,7 @@ last.pt; read with torch.load(weights_only=True), so loading a checkpoint cannot
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import random
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 from genlab.errors import GenlabError
+from genlab.types import Spec
 
 FORMAT = 1
 
@@ -144,3 +146,64 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path) -> None:
         raise GenlabError(f"checkpoint {path} does not match this model/config ({problem}); "
                           "use the same model and dataset settings as the run that wrote it")
     model.load_state_dict(state_dict)
+
+
+def describe_run(cfg, data) -> dict:
+    """The run record a checkpoint carries (written once, by the trainer): the composed config, the
+    data Spec the model was sized for (every field, domains included) and what visuals and `genlab
+    sample` need of the data (extent, class names)."""
+    from omegaconf import OmegaConf
+
+    spec = dataclasses.asdict(data.spec)
+    spec["shape"] = list(spec["shape"])
+    return {"config": OmegaConf.to_container(cfg, resolve=True),
+            "spec": {**spec, "extent": data.extent, "class_names": data.class_names}}
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """A checkpoint read once: its state, config, data Spec, data description and step.
+
+    train (resume), sample, eval, preflight and the CLI's resume expansion all read a checkpoint
+    through RunRecord.load, which keeps the last file it read: a resume reads last.pt once."""
+
+    path: Path
+    state: dict
+    spec: Spec | None  # None for a checkpoint without a record of its data (never written by genlab)
+    info: dict  # the data description (extent, class_names, ...) and the step
+
+    @property
+    def config(self):
+        from omegaconf import OmegaConf
+
+        return OmegaConf.create(self.state.get("config") or {})
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    @classmethod
+    def load(cls, run, which: str = "last") -> "RunRecord":
+        """The record of a run folder's checkpoints/<which>.pt (or a .pt file); read from disk once per version."""
+        path = resolve(run, which)
+        st = path.stat()
+        key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+        if _LAST.get("key") != key:
+            _LAST.clear()
+            _LAST.update(key=key, record=cls.from_state(load(path), path))
+        return _LAST["record"]
+
+    @classmethod
+    def from_state(cls, state: dict, path) -> "RunRecord":
+        """The record of a loaded checkpoint state."""
+        s = dict(state.get("spec") or {})
+        names = {f.name for f in dataclasses.fields(Spec)}
+        spec = None
+        if s:
+            spec = Spec(**{k: v for k, v in s.items() if k in names})
+            spec.shape = tuple(spec.shape)
+        info = {k: v for k, v in s.items() if k not in names}
+        return cls(Path(path), state, spec, {**info, "step": int(state["step"])})
+
+
+_LAST: dict = {}  # RunRecord.load's last file: its (path, mtime, size) and record

@@ -38,12 +38,12 @@ class Precision:
             self.scalers[key] = torch.amp.GradScaler(self.device.type)
         return self.scalers[key]
 
-    def context(self, step: int, key: str) -> StepContext:
+    def context(self, step: int, key: str, log: bool = True) -> StepContext:
         """What a step function needs to take input gradients safely (the AMP gradient-penalty recipe)."""
         sc = self.scaler(key)
         if sc is None:
-            return StepContext(step)
-        return StepContext(step, scale=sc.scale, inv_scale=lambda: 1.0 / sc.get_scale())
+            return StepContext(step, log=log)
+        return StepContext(step, scale=sc.scale, inv_scale=lambda: 1.0 / sc.get_scale(), log=log)
 
     def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, key: str, params,
                           grad_clip: float | None = None, need_norm: bool = False) -> torch.Tensor | None:

@@ -133,6 +133,13 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def at_once():
+    """For commands with nothing to save on the way (eval, sample): a stop signal raises Interrupted at once."""
+    with stop_on_signals(), interruptible():
+        yield
+
+
 def hand_over(signum: int | None) -> None:
     """After the checkpoint is written: run the launcher's own handler for this signal (e.g. requeue)."""
     handler = _chained.pop(int(signum), None) if signum else None

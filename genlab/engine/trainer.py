@@ -24,9 +24,11 @@ from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import distributed, signals, tb_layout, writers
 from genlab.engine.budget import parse_duration
+from genlab.engine.memory import keep_freed_memory
 from genlab.engine.precision import Precision
 from genlab.engine.scalars import WindowMeans
 from genlab.errors import GenlabError
+from genlab.seeds import derive
 from genlab.types import Batch
 
 log = logging.getLogger("genlab")
@@ -103,7 +105,7 @@ class Trainer:
         self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
-        self.max_seconds = parse_duration(self.tcfg.get("max_time"))
+        self.max_seconds = parse_duration(self.tcfg.max_time)
         # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
         self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
         # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
@@ -127,20 +129,21 @@ class Trainer:
         self.schedule = model.schedule()
         nets = model.networks()
         self.params = {k: [p for p in m.parameters() if p.requires_grad] for k, m in nets.items()}
+        self._trainable: str | None = None  # the optimizer key whose parameters require grad now
         missing = {s.optimizer for s in self.schedule} - set(nets)
         if missing:
             raise RuntimeError(f"schedule uses optimizer keys {missing} that networks() does not provide")
         self.optimizers = {k: build_optimizer(self.cfg.optimizer, ps, k, model.optimizer_ratio(k))
                            for k, ps in self.params.items()}
-        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.get("channels_last")))
+        self.run_step = distributed.StepRunner(model, self.dist, channels_last=bool(self.tcfg.channels_last))
         self.dist.training = True
         self.dist.seed_rank(int(self.cfg.seed))
-        g = torch.Generator().manual_seed(int(self.cfg.seed) + 1234)
+        g = torch.Generator().manual_seed(derive(self.cfg.seed, "fixed-noise"))
         n = int(self.tcfg.num_fixed_samples)
         if data.kind == "points":  # a scatter plot needs many points to show which modes are covered
             n = max(n, 2000)
         z = model.latent(n, generator=g)
-        self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": int(self.cfg.seed) + 99}
+        self.fixed = {"n": n, "noise": z.to(self.device) if z is not None else None, "seed": derive(self.cfg.seed, "visuals")}
 
     def state_dict(self) -> dict:
         return {
@@ -150,10 +153,7 @@ class Trainer:
             "step": self.step,
             "data": self.data.state_dict(),
             "rng": ckpt.rng_state(),
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "spec": {"kind": self.data.kind, "shape": list(self.data.shape),
-                     "num_classes": self.data.num_classes, "binarized": self.data.binarize is not None,
-                     "extent": self.data.extent, "class_names": self.data.class_names},
+            **ckpt.describe_run(self.cfg, self.data),
             "genlab_version": __version__,
             "best": self.best,
             "elapsed": self.train_time(),
@@ -216,6 +216,7 @@ class Trainer:
     def fit(self, model, data, resume: dict | None = None, resume_path=None) -> dict:
         """Train until trainer.max_steps; returns the last logged scalars."""
         self.setup(model, data)
+        keep_freed_memory()
         if resume is not None:
             self.load_state_dict(resume, resume_path)
             log.info("resumed from %s at step %d", resume_path, self.step)
@@ -279,32 +280,41 @@ class Trainer:
                         e, self.run_dir / "checkpoints" / "last.pt")
 
     def _steps(self, t, bar) -> None:
-        """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last."""
+        """Trainer steps until max_steps or a stop request; the last logged scalars go to self._last.
+
+        The hot path: the trainer config is read into locals once (an OmegaConf attribute costs
+        microseconds), step functions compute their diagnostics only on logging steps (ctx.log), and
+        the gradient norm is taken only there; what stays per update is the loss in the log window and
+        the on-device non-finite flag.
+        """
         window = WindowMeans()
         tick, tick_step = time.perf_counter(), self.step
         self.started = self.clock()
         self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
-        if self.step == 0 and t.sample_every:
+        max_steps, log_every, batch_size, grad_clip = int(t.max_steps), int(t.log_every), int(t.batch_size), t.grad_clip
+        sample_every, eval_every, checkpoint_every = int(t.sample_every), int(t.eval_every), int(t.checkpoint_every)
+        if self.step == 0 and sample_every:
             self.log_images()
-        while self.step < t.max_steps:
-            log_now = t.log_every and (self.step + 1) % t.log_every == 0
+        while self.step < max_steps:
+            log_now = bool(log_every) and (self.step + 1) % log_every == 0
             for s in self.schedule:
                 if not s.due(self.step):
                     continue
                 self._train_only(s.optimizer)
+                optimizer, params = self.optimizers[s.optimizer], self.params[s.optimizer]
                 for _ in range(s.repeat):
-                    batch = self.data.next(t.batch_size) if s.needs_data else Batch.of_size(t.batch_size)
+                    batch = self.data.next(batch_size) if s.needs_data else Batch.of_size(batch_size)
+                    ctx = self.precision.context(self.step, s.optimizer, log=log_now)
                     with self.precision.autocast():
-                        loss, logs = self.run_step(s.optimizer, s.fn, batch, self.precision.context(self.step, s.optimizer))
-                    norm = self.precision.backward_and_step(
-                        loss, self.optimizers[s.optimizer], s.optimizer, self.params[s.optimizer],
-                        t.grad_clip, need_norm=bool(log_now))
+                        loss, logs = self.run_step(s.optimizer, s.fn, batch, ctx)
+                    norm = self.precision.backward_and_step(loss, optimizer, s.optimizer, params, grad_clip,
+                                                            need_norm=log_now)
                     if s.after is not None:
                         s.after(logs)
                     if self._bad_step is not None:  # divergence is caught at the step it happens
                         ok = torch.isfinite(loss.detach())
                         self._bad_step = torch.where(ok, self._bad_step, self._bad_step.clamp_max(self.step + 1))
-                    if t.log_every:
+                    if log_every:
                         # Non-finite values are left out of the window's average (with fp16 they mark
                         # steps the GradScaler skipped); a window with no finite value at all is divergence.
                         logs = {"loss": loss, **logs}
@@ -332,11 +342,11 @@ class Trainer:
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
             due = self.due_by_time()
-            if t.sample_every and self.step % t.sample_every == 0:
+            if sample_every and self.step % sample_every == 0:
                 self.log_images()
-            if (t.eval_every and self.step % t.eval_every == 0) or "eval" in due:
+            if (eval_every and self.step % eval_every == 0) or "eval" in due:
                 self.run_eval()
-            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or "checkpoint" in due:
+            if (checkpoint_every and self.step % checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
             # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
             self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
@@ -346,7 +356,13 @@ class Trainer:
                 break
 
     def _train_only(self, key: str) -> None:
-        """Gradients only for the networks this step updates (the others are inputs, not targets)."""
+        """Gradients only for the networks this step updates (the others are inputs, not targets).
+
+        Set when the phase changes, not at every step: a one-phase schedule (a VAE, a flow) sets it once.
+        """
+        if key == self._trainable:
+            return
+        self._trainable = key
         for k, ps in self.params.items():
             if k != key:
                 for p in ps:
@@ -402,7 +418,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         fixed = dict(self.fixed)
-        cap = self.tcfg.get("slow_sample_images")
+        cap = self.tcfg.slow_sample_images
         if self.model.slow_sampling and cap is not None:
             if cap == 0:
                 return
@@ -451,8 +467,8 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
-            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.get("eval_nll_images"),
-                                               k=self.tcfg.get("eval_nll_k")))
+            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.eval_nll_images,
+                                               k=self.tcfg.eval_nll_k))
             if self.evaluator is not None:
                 metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
@@ -462,7 +478,7 @@ class Trainer:
 
         The name matches a scalar exactly or up to a bracketed qualifier: `fid` matches `fid[lenet-mnist]`.
         """
-        name = self.tcfg.get("best_metric")
+        name = self.tcfg.best_metric
         if not name:
             return False
         keys = [k for k in metrics if k == name] or [k for k in metrics if k.split("[", 1)[0] == name]
@@ -472,7 +488,7 @@ class Trainer:
         value = float(metrics[keys[0]])
         if not math.isfinite(value):
             return False
-        lower = str(self.tcfg.get("best_mode", "min")) == "min"
+        lower = str(self.tcfg.best_mode) == "min"
         if self.best is not None and not (value < self.best["value"] if lower else value > self.best["value"]):
             return False
         self.best = {"metric": keys[0], "value": value, "step": self.step}

@@ -19,13 +19,14 @@ from pathlib import Path
 
 import torch
 
-from genlab import progress
 from genlab.errors import GenlabError
 from genlab.metrics import feature_stats, nearest_neighbours
 from genlab.metrics._distance import kth_neighbour_distance
 from genlab.metrics.records import Entry, EvalSettings, Metric, Scoring
 from genlab.metrics.refcache import ReferenceCache, tensor_digest
 from genlab.metrics.table import BY_NAME, base_name, better, metric
+from genlab.metrics.sampling import batched_samples
+from genlab.seeds import derive
 
 log = logging.getLogger("genlab")
 
@@ -159,7 +160,7 @@ class Evaluator:
         """Reference-split features of one network: all of them (FID), a fixed subset (PRDC)."""
         ref = self.split_features(net, self.split, self.settings.reference_limit)
         if "perm" not in ref:
-            g = torch.Generator().manual_seed(self.seed + 7)
+            g = torch.Generator().manual_seed(derive(self.seed, "prdc-reference"))
             ref = {**ref, "perm": torch.randperm(len(ref["feats"]), generator=g), "stats": (ref["mu"], ref["sigma"])}
         return ref
 
@@ -167,7 +168,7 @@ class Evaluator:
         """k-NN radii of the PRDC reference subset (the first m of the seeded permutation), cached."""
         n = len(ref["feats"])
         k = self.settings.prdc_k
-        key = self._key(net, self.split, n, prdc_m=int(m), prdc_k=k, seed=self.seed)
+        key = self._key(net, self.split, n, prdc_m=int(m), prdc_k=k, seed=derive(self.seed, "prdc-reference"))
 
         def compute() -> dict:
             real = ref["feats"][ref["perm"][:m]]
@@ -180,22 +181,11 @@ class Evaluator:
     def samples(self, model, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """n samples (CPU, float32) and, for a conditional model, the labels they were asked for."""
         n = n or self.num_samples
-        dev = next(model.parameters()).device
-        g = torch.Generator(dev).manual_seed(self.seed)
         labels = None
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
-        out = []
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
-                progress.bar(n, "sampling", "img") as bar:
-            torch.manual_seed(self.seed)
-            batch = self.settings.batch_size
-            for i in range(0, n, batch):
-                m = min(batch, n - i)
-                kw = {"labels": labels[i:i + m].to(dev)} if labels is not None else {}
-                out.append(model.sample(m, generator=g, **kw, **self.settings.sampling).float().cpu())
-                bar.update(m)
-        return torch.cat(out), labels
+        return batched_samples(model, n, self.seed, self.settings.batch_size, labels=labels,
+                               **self.settings.sampling), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
     def score(self, x: torch.Tensor, groups: list[str], target_labels=None, embedded=None,
@@ -233,7 +223,7 @@ class Evaluator:
         Gaussian of `blur` pixels when given (a floor that tells sharp samples from blurry ones)."""
         held = self._split_x(self.heldout)
         n = min(self.num_samples, len(held))
-        g = torch.Generator().manual_seed(self.seed + 3)
+        g = torch.Generator().manual_seed(derive(self.seed, "floor"))
         idx = torch.randperm(len(held), generator=g)[:n].to(held.device)
         x = held[idx].float().cpu()
         y = self._split_y(self.heldout)

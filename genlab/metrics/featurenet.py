@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from genlab import progress, safeio
 from genlab.errors import GenlabError
 from genlab.metrics.refcache import cache_root, module_digest
+from genlab.pixels import from_levels, to_uint8
 
 log = logging.getLogger("genlab")
 
@@ -143,20 +144,20 @@ def _accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, device) -> float
     correct = 0
     with torch.no_grad():
         for i in range(0, len(x), 1000):
-            xb = x[i:i + 1000].to(device).float().div(127.5).sub(1)
+            xb = from_levels(x[i:i + 1000].to(device))
             correct += int((net(xb).argmax(1).cpu() == y[i:i + 1000].cpu()).sum())
     return correct / max(len(x), 1)
 
 
-def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
-    """Train the recipe's classifier on data's train split; returns (net, test accuracy)."""
+def fit_classifier(x: torch.Tensor, y: torch.Tensor, recipe: Recipe, device="cpu", tag: str = "") -> LeNet:
+    """The recipe's LeNet trained on 8-bit images x (N, C, H, W) with labels y (seeded, in eval mode on CPU)."""
     g = torch.Generator().manual_seed(recipe.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         c, h, _ = recipe.shape
         net = LeNet(c, h, recipe.num_classes, recipe.width, recipe.feature_dim).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=recipe.lr)
-    x, y = data.raw("train")[:recipe.n_train].cpu(), data.train_y[:recipe.n_train].cpu()
+    x, y = x.cpu(), y.cpu()
     steps = max(1, -(-len(x) // recipe.batch_size)) * recipe.epochs
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps)
     t0 = time.perf_counter()
@@ -168,7 +169,7 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
             total, n = 0.0, 0
             for i in range(0, len(x), recipe.batch_size):
                 idx = perm[i:i + recipe.batch_size]
-                xb = x[idx].to(device).float().div(127.5).sub(1)
+                xb = from_levels(x[idx].to(device))
                 loss = F.cross_entropy(net(xb), y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -177,10 +178,17 @@ def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
                 bar.update()
                 total += float(loss.detach()) * len(idx)
                 n += len(idx)
-            log.info("featurenet %s: epoch %d/%d, train loss %.4f (%.0fs)", recipe.id, epoch + 1,
+            log.info("%s: epoch %d/%d, train loss %.4f (%.0fs)", tag or f"classifier {recipe.id}", epoch + 1,
                      recipe.epochs, total / n, time.perf_counter() - t0)
+    return net.cpu().eval()
+
+
+def train(data, recipe: Recipe, device="cpu") -> tuple[LeNet, float]:
+    """Train the recipe's classifier on data's train split; returns (net, test accuracy)."""
+    net = fit_classifier(data.raw("train")[:recipe.n_train], data.train_y[:recipe.n_train], recipe, device,
+                         f"featurenet {recipe.id}")
     n_test = min(len(data.test_y), recipe.n_train)  # the whole test split unless trained on a few images
-    acc = _accuracy(net, data.raw("test")[:n_test].cpu(), data.test_y[:n_test].cpu(), device)
+    acc = _accuracy(net.to(device), data.raw("test")[:n_test].cpu(), data.test_y[:n_test].cpu(), device)
     return net.cpu().eval(), acc
 
 
@@ -265,7 +273,7 @@ class InceptionNet:
         feats, probs = [], []
         with progress.bar(len(x), f"features [{self.name}]", "img") as bar:
             for i in range(0, len(x), batch_size):
-                xb = ((x[i:i + batch_size].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                xb = to_uint8(x[i:i + batch_size])
                 if xb.shape[1] == 1:
                     xb = xb.expand(-1, 3, -1, -1)
                 f, logits = self.net(xb.to(dev))

@@ -9,16 +9,19 @@ so a model uniform on [0, 1)^D (log p(y) = 0) scores exactly n_bits bits/dim.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import torch
 
 from genlab.metrics.records import Entry, Scoring
 from genlab.pixels import PIXEL_BIN, from_levels, to_levels
+from genlab.progress import duration
 
-__all__ = ["LOG2", "PIXEL_BIN", "bits_per_dim", "dequantization_nats", "dequantize", "dequantize_pixels",
-           "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd", "nats_to_bits_per_dim",
-           "to_levels"]
+__all__ = ["CostEstimate", "LOG2", "PIXEL_BIN", "bits_per_dim", "cost_line", "dequantization_nats", "dequantize",
+           "dequantize_pixels", "dequantized_bits_per_dim", "from_levels", "logmeanexp", "nats_from_bpd",
+           "nats_to_bits_per_dim", "to_levels"]
 
 LOG2 = math.log(2)
 
@@ -72,11 +75,41 @@ def dequantized_bits_per_dim(log_prob_y: torch.Tensor, num_dims: int, n_bits: in
     return -log_prob_levels / (num_dims * LOG2)
 
 
+log = logging.getLogger("genlab")
+
+
+def cost_line(total: int, k: int | None, seconds_per_image: float, device: str, subset: int = 1000) -> str:
+    """The estimate said before a long NLL evaluation: its cost and a smaller eval.nll_images's."""
+    with_k = f" with k={k}" if k else ""
+    line = f"NLL on {total:,} test images{with_k}: {duration(total * seconds_per_image)} on this {device}"
+    if total > subset:
+        line += f"; eval.nll_images={subset} for {duration(subset * seconds_per_image)}"
+    return line
+
+
+class CostEstimate:
+    """The NLL evaluation's on_batch callback: says the whole evaluation's cost once its first batch is timed."""
+
+    def __init__(self, total: int, k: int | None, device: str):
+        self.total, self.k, self.device = total, k, device
+        self.started = time.perf_counter()
+        self.estimate: str | None = None
+
+    def __call__(self, done: int) -> None:
+        if self.estimate is None and done < self.total:
+            per = (time.perf_counter() - self.started) / max(done, 1)
+            self.estimate = cost_line(self.total, self.k, per, self.device)
+            log.info(self.estimate)
+
+
 def score(s: Scoring) -> dict[str, Entry]:
     """The model's own held-out NLL (nats, bits/dim, ELBO terms), with its protocol kept beside the numbers."""
     data, cfg = s.ev.data, s.ev.settings
-    limit = cfg.nll_images or len(data.raw("test"))
-    res = s.model.evaluate(data, limit=limit, k=cfg.nll_k)
+    limit = min(cfg.nll_images or len(data.raw("test")), len(data.raw("test")))
+    k = (cfg.nll_k or s.model.eval_k()) if s.model.eval_k() is not None else None
+    dev = next(s.model.parameters()).device
+    estimate = CostEstimate(limit, k, "GPU" if dev.type == "cuda" else dev.type.upper())
+    res = s.model.evaluate(data, limit=limit, k=cfg.nll_k, on_batch=estimate)
     # Likelihood models also return their protocol (binarisation, decoder, k, counts: anything but a float).
     protocol = {k: v for k, v in res.items() if not isinstance(v, float)}
     n = int(res.get("eval_images", len(data.raw("test"))))

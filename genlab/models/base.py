@@ -106,9 +106,17 @@ class Model(nn.Module):
         """An estimate of sample(n)'s seconds on this machine, for a slow sampler's cost line (None: fast)."""
         return None
 
+    def latent_shape(self) -> tuple | None:
+        """The shape of one standard-normal latent that sample(noise=...) takes; None: no latent input."""
+        return None
+
     def latent(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
         """A latent batch for fixed-noise grids and interpolation; None if the model has no latent input."""
-        return None
+        shape = self.latent_shape()
+        if shape is None:
+            return None
+        dev = generator.device if generator is not None else next(self.parameters()).device
+        return torch.randn(n, *shape, generator=generator, device=dev)
 
     @torch.no_grad()
     def visuals(self, fixed: dict, data) -> dict[str, torch.Tensor]:
@@ -122,10 +130,11 @@ class Model(nn.Module):
         return {"samples": viz.grid(x, nrow=fixed.get("nrow"))}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit: int | None = None, k: int | None = None) -> dict[str, float]:
+    def evaluate(self, data, *, limit: int | None = None, k: int | None = None, on_batch=None) -> dict[str, float]:
         """Held-out metrics the model can compute itself (e.g. test NLL); {} for GANs.
 
-        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting.
+        limit: test examples to use, k: importance samples of an estimated NLL; None = the model's own setting;
+        on_batch: called with the number of test examples done after each batch.
         """
         return {}
 

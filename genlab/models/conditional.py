@@ -87,10 +87,14 @@ class ConditionalDiscriminator(nn.Module):
             self.embed = wrap(emb)
         self.classifier = wrap(nn.Linear(dim, num_classes)) if aux_classifier else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor):
+    def features(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The body's penultimate features of (x, y) (N, F)."""
         if self.conditioning == "concat":
             x = one_hot_input(x, y, self.num_classes)
-        h = self.body.features(x)
+        return self.body.features(x)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor):
+        h = self.features(x, y)
         out = self.body.head(h).squeeze(1)
         if self.embed is not None:
             # The projection term: the inner product of the class embedding with the features.
@@ -166,6 +170,9 @@ class ConditionalGAN(GAN):
 
     def heads(self, x, cond):
         return self.discriminator(x, cond)
+
+    def features(self, x, cond):
+        return self.discriminator.features(x, cond)
 
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch):
         extra, logs = 0.0, {}

@@ -10,20 +10,18 @@ images (Shrivastava et al. 2017), as in the paper. Batches: x from domain A, y f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from genlab.models.base import Batch, Model, Step, StepContext
-from genlab.models.ema import EMA
-from genlab.models.losses import build_loss, loss_problem
-from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, lazy_ratio, penalty_terms,
-                                     r1_term, regulariser_problem)
+from genlab.models.base import Batch, Step, StepContext
+from genlab.models.gan import GAN, AdversarialConfig
+from genlab.models.penalties import lazy_r1, penalty_terms, r1_term
 from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
 from genlab.nets.spectral import apply_spectral_norm
 
 DIRECTIONS = ("a2b", "b2a")
+DOMAINS = ("a", "b")
 
 
 @dataclass
@@ -42,10 +40,9 @@ class PatchConfig:
 
 
 @dataclass
-class CycleGANConfig(Regularisers):
+class CycleGANConfig(AdversarialConfig):
     name: str = "cyclegan"
     loss: str = "ls"
-    loss_params: dict[str, Any] = field(default_factory=dict)
     # 2 x the table's 1/2 (D(G(x)) - 1)^2 gives the paper's (D(G(x)) - 1)^2 next to lambda = 10
     adversarial_weight: float = 2.0
     cycle_weight: float = 10.0  # lambda
@@ -53,7 +50,6 @@ class CycleGANConfig(Regularisers):
     pool_size: int = 50  # history of generated images shown to D; 0 = only the newest
     generator: ResnetConfig = field(default_factory=ResnetConfig)
     discriminator: PatchConfig = field(default_factory=PatchConfig)
-    ema_decay: Optional[float] = None
 
 
 class ImagePool(nn.Module):
@@ -83,24 +79,27 @@ class ImagePool(nn.Module):
         return out
 
 
-class CycleGAN(Model):
-    """G: A -> B, F: B -> A with D_B and D_A; adversarial + cycle (+ identity) losses."""
+class CycleGAN(GAN):
+    """The GAN template over two (G, D) pairs: G: A -> B against D_B, F: B -> A against D_A, plus the
+    cycle (and identity) losses. D's inputs go through GAN.discriminate with the domain as condition,
+    so the augmentation, penalties, R1, clipping and EMA are the template's own."""
 
     Config = CycleGANConfig
     translates = True
+    packs = False  # each domain's PatchGAN judges one image (packing two-domain batches is not built)
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
         if spec.kind != "image" or getattr(spec, "domains", 1) != 2:
             return ("model cyclegan needs two unpaired image domains: use dataset=unpaired_sneaker_sandal "
                     "or dataset=unpaired_folders dataset.domain_a.path=DIR dataset.domain_b.path=DIR")
-        problem = loss_problem(cfg.loss, cfg.loss_params) or regulariser_problem(cfg)
+        problem = cls.game_problem(cfg, spec)
         if problem:
             return problem
+        if cfg.lecam_weight > 0:
+            return "model.lecam_weight > 0 is not built for cyclegan (its two discriminators need anchors each); leave it 0"
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
             return "model.cycle_weight, identity_weight, adversarial_weight and pool_size must be >= 0"
-        if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
-            return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
         c, h, w = spec.shape
         if h != w or halvings(h) < 1:
             return f"cyclegan needs square images of an even size, got {h}x{w}; set dataset.image_size"
@@ -110,53 +109,48 @@ class CycleGAN(Model):
 
     def __init__(self, cfg, spec):
         super().__init__(cfg, spec)
-        c, size, _ = spec.shape
-        g, d = cfg.generator, cfg.discriminator
-        self.generator = nn.ModuleDict({k: ResnetGenerator(c, c, g.base_channels, g.n_blocks, g.norm, image_size=size)
-                                        for k in DIRECTIONS})
-        # discriminator["a"] = D_A judges domain A (real a vs F(b)); ["b"] = D_B (real b vs G(a)).
-        self.discriminator = nn.ModuleDict({k: PatchDiscriminator(c, d.base_channels, d.n_layers, d.norm, image_size=size)
-                                            for k in ("a", "b")})
-        if d.spectral_norm:
-            apply_spectral_norm(self.discriminator)
-        self.pools = nn.ModuleDict({k: ImagePool(cfg.pool_size, spec.shape) for k in ("a", "b")})
-        self.loss = build_loss(cfg.loss, **cfg.loss_params)
-        self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
+        self.pools = nn.ModuleDict({k: ImagePool(cfg.pool_size, spec.shape) for k in DOMAINS})
         self._fakes: dict[str, torch.Tensor] = {}
 
-    def networks(self):
-        return {"generator": self.generator, "discriminator": self.discriminator}
+    def build_networks(self, cfg, spec):
+        c, size, _ = spec.shape
+        g, d = cfg.generator, cfg.discriminator
+        gens = nn.ModuleDict({k: ResnetGenerator(c, c, g.base_channels, g.n_blocks, g.norm, image_size=size)
+                              for k in DIRECTIONS})
+        # discriminator["a"] = D_A judges domain A (real a vs F(b)); ["b"] = D_B (real b vs G(a)).
+        discs = nn.ModuleDict({k: PatchDiscriminator(c, d.base_channels, d.n_layers, d.norm, image_size=size)
+                               for k in DOMAINS})
+        if d.spectral_norm:
+            apply_spectral_norm(discs)
+        return gens, discs
 
-    def optimizer_ratio(self, key):
-        return lazy_ratio(self.cfg) if key == "discriminator" else 1.0
+    def heads(self, x, cond):
+        """cond is the domain ("a" or "b") whose discriminator judges x: its patch scores."""
+        return self.discriminator[cond](x), None
 
-    def update_ema(self, logs: dict | None = None) -> None:
-        if self.generator_ema is not None:
-            self.generator_ema.update(self.generator)
+    def latent_shape(self):
+        return None  # translations have no noise input
 
     def schedule(self):
         # G first, as in the paper's code: D then sees the fakes G has just made (through the pool).
-        after = clipper(self.cfg, self.discriminator)
         steps = [Step("generator", "generator", self.generator_step, after=self.update_ema),
-                 Step("discriminator", "discriminator", self.discriminator_step, after=after)]
+                 Step("discriminator", "discriminator", self.discriminator_step, repeat=self.cfg.n_critic,
+                      after=self.after_discriminator)]
         if lazy_r1(self.cfg):
-            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=after))
+            steps.append(Step("r1", "discriminator", self.r1_step, every=self.cfg.r1_every, after=self._clip))
         return steps
 
-    def compile_targets(self):
-        return compilable(self.cfg, self.networks())
-
-    def adversarial(self, discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def adversarial(self, domain: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """G's adversarial loss against one domain's D (D(real) only when the loss uses it)."""
-        d_real = discriminator(real).detach() if self.loss.generator_needs_real else None
-        return self.loss.generator(d_real, discriminator(fake))
+        d_real = self.discriminate(real, domain)[0].detach() if self.loss.generator_needs_real else None
+        return self.loss.generator(d_real, self.discriminate(fake, domain)[0])
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         a, b = batch.x, batch.y
         G, F = self.generator["a2b"], self.generator["b2a"]
         fake_b, fake_a = G(a), F(b)
-        adv_a2b = self.adversarial(self.discriminator["b"], b, fake_b)
-        adv_b2a = self.adversarial(self.discriminator["a"], a, fake_a)
+        adv_a2b = self.adversarial("b", b, fake_b)
+        adv_b2a = self.adversarial("a", a, fake_a)
         cyc_a = (F(fake_b) - a).abs().mean()
         cyc_b = (G(fake_a) - b).abs().mean()
         loss = self.cfg.adversarial_weight * (adv_a2b + adv_b2a) + self.cfg.cycle_weight * (cyc_a + cyc_b)
@@ -170,21 +164,23 @@ class CycleGAN(Model):
         return loss, logs
 
     def discriminator_step(self, batch: Batch, ctx: StepContext):
-        if not self._fakes:  # only if a schedule ever runs D first
+        if not self._fakes:  # a schedule that runs D first, or D's second and later repeats
             with torch.no_grad():
                 self._fakes = {"a": self.generator["b2a"](batch.y), "b": self.generator["a2b"](batch.x)}
         real = {"a": batch.x, "b": batch.y}
-        loss, logs = 0.0, {}
-        for k in ("a", "b"):
+        loss, logs, signs = 0.0, {}, []
+        for k in DOMAINS:
             fake = self.pools[k].query(self._fakes[k])
-            d_real, d_fake = self.discriminator[k](real[k]), self.discriminator[k](fake)
+            d_real, d_fake = self.discriminate(real[k], k)[0], self.discriminate(fake, k)[0]
             lk = self.loss.discriminator(d_real, d_fake)
-            penalty, more = penalty_terms(self.cfg, self.discriminator[k], real[k], fake, ctx)
+            penalty, more = penalty_terms(self.cfg, lambda x, k=k: self.discriminate(x, k)[0], real[k], fake, ctx)
             loss = loss + lk + penalty
             logs[f"D_{k}_loss"] = lk.detach()
             logs[f"D_{k}_real"] = d_real.detach().float().mean()
             logs[f"D_{k}_fake"] = d_fake.detach().float().mean()
             logs.update({f"D_{k}_{name}": v for name, v in more.items()})
+            signs.append(d_real.detach().float().sign().mean())
+        logs["real_sign"] = torch.stack(signs).mean()  # E[sign D(real)] over both discriminators (ADA's r_t)
         self._fakes = {}
         return loss, logs
 
@@ -192,7 +188,7 @@ class CycleGAN(Model):
         """The lazy R1 step (StyleGAN2) on both discriminators, scaled by the interval it runs at."""
         loss, logs = 0.0, {}
         for k, real in (("a", batch.x), ("b", batch.y)):
-            r1, more = r1_term(self.cfg, self.discriminator[k], real, ctx)
+            r1, more = r1_term(self.cfg, lambda x, k=k: self.discriminate(x, k)[0], real, ctx)
             loss = loss + r1
             logs.update({f"D_{k}_{name}": v for name, v in more.items()})
         return loss, logs

@@ -160,6 +160,5 @@ class Flow(LikelihoodModel):
             out["samples_t0.7"] = viz.grid(x, nrow=fixed.get("nrow"))
         return out
 
-    def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else next(self.parameters()).device
-        return torch.randn(n, self.num_dims, generator=generator, device=dev)
+    def latent_shape(self):
+        return (self.num_dims,)

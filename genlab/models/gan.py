@@ -20,20 +20,21 @@ from genlab import nets
 from genlab.models.augment import Augmentation, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
 from genlab.models.ema import EMA
-from genlab.models.losses import AdversarialLoss, build_loss, loss_problem
-from genlab.models.penalties import (Regularisers, clipper, compilable, lazy_r1, lazy_ratio, penalty_terms,
-                                     r1_term, regulariser_problem)
+from genlab.models.generator_objective import (GeneratorObjective, feature_matching, objective_problem, top_k,
+                                               topk_count)
+from genlab.models.losses import LOSSES, AdversarialLoss, build_loss, loss_problem
+from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compilable, lazy_r1, lazy_ratio, lecam,
+                                     lecam_problem, penalty_terms, r1_term, regulariser_problem)
 
 
 @dataclass
-class GANConfig(Regularisers, Augmentation):
+class AdversarialConfig(Augmentation, LeCamConfig, Regularisers):
+    """The options of every game the template plays, whatever its networks (GANs and CycleGAN)."""
+
     name: str = "gan"
     loss: str = "ns"
     loss_params: dict[str, Any] = field(default_factory=dict)
-    z_dim: int = 64
     n_critic: int = 1
-    generator: NetConfig = field(default_factory=NetConfig)
-    discriminator: NetConfig = field(default_factory=NetConfig)
     # Generator EMA: samples and evaluation use the averaged weights when set (e.g. 0.999).
     ema_decay: Optional[float] = None
     # PacGAN (Lin et al. 2018): D judges m samples at once, joined along features (points) or channels
@@ -55,6 +56,13 @@ def pack(x: torch.Tensor, m: int) -> torch.Tensor:
     if m == 1:
         return x
     return x.reshape(x.shape[0] // m, m * x.shape[1], *x.shape[2:])
+
+
+@dataclass
+class GANConfig(AdversarialConfig, GeneratorObjective):
+    z_dim: int = 64
+    generator: NetConfig = field(default_factory=NetConfig)
+    discriminator: NetConfig = field(default_factory=NetConfig)
 
 
 @dataclass
@@ -81,18 +89,14 @@ class GAN(Model):
                             "override the heads() hook instead")
 
     @classmethod
-    def check(cls, cfg, spec) -> str | None:
-        """Why cfg cannot work on data of this spec (None if it can)."""
-        problem = loss_problem(cfg.loss, cls.loss_params(cfg)) or augment_problem(cfg)
+    def game_problem(cls, cfg, spec) -> str | None:
+        """Why the game's options (AdversarialConfig: loss, augmentation, regularisers, EMA) cannot work."""
+        problem = (loss_problem(cfg.loss, cls.loss_params(cfg)) or regulariser_problem(cfg)
+                   or augment_problem(cfg, spec, LOSSES[cfg.loss]))
         if problem:
             return problem
         if cfg.n_critic < 1:
             return f"model.n_critic must be >= 1, got {cfg.n_critic}"
-        if cfg.z_dim < 1:
-            return f"model.z_dim must be >= 1, got {cfg.z_dim}"
-        problem = regulariser_problem(cfg)
-        if problem:
-            return problem
         if cfg.pack < 1:
             return f"model.pack must be >= 1 (1 = no packing), got {cfg.pack}"
         if cfg.pack > 1 and not cls.packs:
@@ -100,6 +104,21 @@ class GAN(Model):
                     "discriminator inputs cannot be packed; use model.pack=1")
         if cfg.ema_decay is not None and not 0 <= cfg.ema_decay < 1:
             return f"model.ema_decay must be in [0, 1) (or null for no EMA), got {cfg.ema_decay}"
+        return None
+
+    @classmethod
+    def check(cls, cfg, spec) -> str | None:
+        """Why cfg cannot work on data of this spec (None if it can)."""
+        problem = cls.game_problem(cfg, spec) or lecam_problem(cfg) or objective_problem(cfg)
+        if problem:
+            return problem
+        if cfg.z_dim < 1:
+            return f"model.z_dim must be >= 1, got {cfg.z_dim}"
+        problem = (nets.settings_problem(cfg.generator, spec.kind, "generator", "model.generator", NetConfig())
+                   or nets.settings_problem(cfg.discriminator, spec.kind, "discriminator", "model.discriminator",
+                                            NetConfig()))
+        if problem:
+            return problem
         if spec.kind == "image" and "conv" in (nets.resolve_arch(cfg.generator.arch, spec.kind),
                                                nets.resolve_arch(cfg.discriminator.arch, spec.kind)):
             return conv_size_problem(spec.shape)
@@ -118,6 +137,7 @@ class GAN(Model):
         self.generator_ema = EMA(self.generator, cfg.ema_decay) if cfg.ema_decay is not None else None
         self.augment = build_augment(cfg, spec)
         self._clip = clipper(cfg, self.discriminator)  # WGAN's weight clipping after each D update, or None
+        self.lecam = lecam(cfg)
 
     # ---- hooks --------------------------------------------------------------------------------------
     def build_networks(self, cfg, spec) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -137,9 +157,17 @@ class GAN(Model):
         """How D's heads turn (x, cond) into (adversarial scores, auxiliary outputs)."""
         return self.discriminator(x), None
 
+    def features(self, x: torch.Tensor, cond: Any) -> torch.Tensor:
+        """D's penultimate features of (x, cond) (N, F), for feature matching."""
+        return self.discriminator.features(x)
+
+    def discriminator_loss(self, real: "Side", fake: "Side") -> torch.Tensor:
+        """D's adversarial loss from the table (BEGAN weighs the fake term by its controlled k_t)."""
+        return self.loss.discriminator(real.d, fake.d)
+
     def generator_needs_data(self) -> bool:
-        """Whether the generator step draws a real batch (the loss uses D(real); the AAE encodes it)."""
-        return self.loss.generator_needs_real
+        """Whether the generator step draws a real batch (the loss uses D(real), feature matching; the AAE encodes it)."""
+        return self.loss.generator_needs_real or self.cfg.feature_matching_weight > 0
 
     def discriminator_terms(self, real: Side, fake: Side, batch: Batch) -> tuple[Any, dict]:
         """Extra terms of D's loss (0 and no logs here)."""
@@ -150,11 +178,15 @@ class GAN(Model):
         return 0.0, {}
 
     # ---- the template -------------------------------------------------------------------------------
-    def discriminate(self, x: torch.Tensor, cond: Any = None) -> tuple[torch.Tensor, Any]:
-        """(scores, aux) of D on x under cond: the one path of every D input; augments, then heads()."""
+    def discriminate(self, x: torch.Tensor, cond: Any = None, features: bool = False) -> tuple[torch.Tensor, Any]:
+        """(scores, aux) of D on x under cond: the one path of every D input; augments, then heads().
+
+        features=True gives D's penultimate features of the same view instead (the features() hook).
+        """
         x = self.augment(x)
         # Packing (PacGAN) joins m augmented samples here, before D's heads see them: one score per pack.
-        return self.heads(pack(x, self.cfg.pack), cond)
+        x = pack(x, self.cfg.pack)
+        return self.features(x, cond) if features else self.heads(x, cond)
 
     def update_ema(self, logs: dict | None = None) -> None:
         """The generator Step's `after` hook."""
@@ -190,16 +222,16 @@ class GAN(Model):
                           needs_data=self.generator_needs_data()))
         return steps
 
-    def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else self.device
-        return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
+    def latent_shape(self):
+        return (self.cfg.z_dim,)
 
     @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.cfg.z_dim, device=self.device)
+        """z ~ N(0, I) alone (a variant's latent() may append codes), from the global RNG."""
+        return Model.latent(self, n)
 
     def discriminator_step(self, batch: Batch, ctx: StepContext):
         fake_x, fake_cond = self.fake(len(batch))
@@ -207,10 +239,12 @@ class GAN(Model):
         real = Side(batch.x, cond, *self.discriminate(batch.x, cond))
         fake_x = fake_x.detach()
         fake = Side(fake_x, fake_cond, *self.discriminate(fake_x, fake_cond))
-        loss = self.loss.discriminator(real.d, fake.d)
-        logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float())
-        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt
+        loss = self.discriminator_loss(real, fake)
+        # What D believes costs a few reductions per update: measured only where it is written.
+        logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float()) if ctx.log else {}
+        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt at every update
         logs["real_sign"] = real.d.detach().float().sign().mean()
+        logs.update(self.augment.stats())
         extra, more = self.discriminator_terms(real, fake, batch)
         if more:
             logs["adversarial"] = loss.detach()
@@ -218,6 +252,10 @@ class GAN(Model):
         penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx,
                                       group=self.cfg.pack)
         logs.update(more)
+        if self.lecam is not None:
+            reg = self.lecam(real.d, fake.d)
+            penalty = penalty + self.cfg.lecam_weight * reg
+            logs["lecam"] = reg.detach()
         return loss + extra + penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
@@ -231,8 +269,21 @@ class GAN(Model):
         d_real = None
         if self.loss.generator_needs_real:
             d_real = self.discriminate(batch.x, self.real_condition(batch))[0].detach()
-        adv = self.loss.generator(d_real, fake.d)
-        extra, logs = self.generator_terms(fake, adv)
+        scored, logs = fake.d, {}
+        if self.cfg.topk is not None:
+            c = self.cfg
+            k = topk_count(fake.d.shape[0], ctx.step, c.topk, c.topk_gamma, c.topk_every)
+            scored = fake.d[top_k(fake.d, k, lowest=self.loss.reads_energies)]
+            logs["topk"] = torch.tensor(float(k), device=x.device)
+        adv = self.loss.generator(d_real, scored)
+        extra, more = self.generator_terms(fake, adv)
+        logs.update(more)
+        if self.cfg.feature_matching_weight > 0:
+            with torch.no_grad():
+                real_features = self.discriminate(batch.x, self.real_condition(batch), features=True)
+            fm = feature_matching(real_features, self.discriminate(x, cond, features=True))
+            extra = extra + self.cfg.feature_matching_weight * fm
+            logs["feature_matching"] = fm.detach()
         if logs:
             logs = {"adversarial": adv.detach(), **logs}
         return adv + extra, logs

@@ -41,8 +41,12 @@ class InfoDiscriminator(nn.Module):
         self.q = nn.Sequential(nn.Linear(self.body.feature_dim, q_hidden), nn.LeakyReLU(0.2, True),
                                nn.Linear(q_hidden, q_out))
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's penultimate features (N, F), shared by both heads."""
+        return self.body.features(x)
+
     def forward(self, x: torch.Tensor):
-        h = self.body.features(x)
+        h = self.features(x)
         return self.body.head(h).squeeze(1), self.q(h)
 
 
@@ -94,9 +98,8 @@ class InfoGAN(GAN):
         return z, idx, rest[:, o:]
 
     def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
-        return self.encode(z, *self.codes(n, dev, generator))
+        z = super().latent(n, generator)
+        return self.encode(z, *self.codes(n, z.device, generator))
 
     def info_loss(self, q_out: torch.Tensor, idx: torch.Tensor, cont: torch.Tensor):
         """-L_I up to the constant H(c): cross-entropy of each categorical code plus the Gaussian NLL

@@ -64,6 +64,10 @@ class LikelihoodModel(Model):
         """Per-example quantities in nats (keys of REPORTS) on one test batch."""
         return {"nll": -self._log_prob(batch).double()}
 
+    def eval_k(self) -> int | None:
+        """Importance samples per test example of an estimated NLL (None: the NLL is exact, e.g. flows)."""
+        return None
+
     def protocol(self, data, n: int) -> dict:
         """How the numbers were measured: the data's binarisation and how many test examples."""
         return {"binarize": getattr(data, "binarize", None) or "none", "eval_images": n}
@@ -88,11 +92,12 @@ class LikelihoodModel(Model):
         return bpd, {"nll_nats": nll.detach(), "bits_per_dim": bpd.detach()}
 
     @torch.no_grad()
-    def evaluate(self, data, *, limit=None, k=None):
+    def evaluate(self, data, *, limit=None, k=None, on_batch=None):
         """Mean test nats of every eval term, bits/dim of the NLL-like ones, and the protocol.
 
         limit: test examples (None = model.eval_limit); k: importance samples of an estimated NLL
-        (None = the model's eval_k), e.g. the trainer's bounds on its periodic evaluation.
+        (None = the model's eval_k), e.g. the trainer's bounds on its periodic evaluation; on_batch:
+        called with the number of test examples done after each batch.
         """
         parts: dict[str, list[torch.Tensor]] = defaultdict(list)
         n = 0
@@ -109,6 +114,8 @@ class LikelihoodModel(Model):
                         parts[name].append(v)
                     n += len(b)
                     bar.update(len(b))
+                    if on_batch is not None:
+                        on_batch(n)
             return {**self.report({k: torch.cat(v) for k, v in parts.items()}), **self.protocol(data, n)}
         finally:
             self.eval_k_override = None

@@ -218,6 +218,24 @@ class EBGAN(AdversarialLoss):
                 "fakes_below_margin": (fake < self.margin).float().mean()}
 
 
+class BEGAN(AdversarialLoss):
+    """BEGAN (Berthelot et al. 2017) on auto-encoder energies: D minimises E[L(x)] - k E[L(G(z))], G E[L(G(z))].
+
+    k is the equilibrium weight the BEGAN model controls (k_t); 1 is the plain energy game.
+    """
+
+    reads_energies = True
+
+    def discriminator(self, real, fake, k=1.0):
+        return real.mean() - k * fake.mean()
+
+    def generator(self, real, fake):
+        return fake.mean()
+
+    def diagnostics(self, real, fake):
+        return {"energy_real": real.mean(), "energy_fake": fake.mean()}
+
+
 def pulling_away_term(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """EBGAN's PT regulariser: mean over pairs i != j of the squared cosine of embeddings (N, d)."""
     n = embeddings.shape[0]
@@ -239,6 +257,7 @@ LOSSES = {
     "ragan": RelativisticAverage,
     "fgan": FGAN,
     "ebgan": EBGAN,
+    "began": BEGAN,
 }
 
 

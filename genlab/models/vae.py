@@ -33,9 +33,13 @@ from genlab import nets
 from genlab.metrics.likelihood import PIXEL_BIN, dequantize_pixels, logmeanexp
 from genlab.models.base import Batch, NetConfig, StepContext, conv_size_problem
 from genlab.models.likelihood import LikelihoodModel
+from genlab.nets.inference import inference_copy
 from genlab.nets.pixelcnn import discretized_logistic_log_prob
 
 _LOG_2PI = math.log(2 * math.pi)
+# The conv VAE's fastest chunk on a CPU (scripts/bench_nll.py: smaller batches stay in cache; 4096 took
+# 1.4x the CPU time); a GPU wants large batches.
+CPU_EVAL_CHUNK = 64
 
 
 @dataclass
@@ -52,7 +56,8 @@ class VAEConfig:
     iwae_k: int = 1  # importance samples in the training objective (1 = the ELBO)
     eval_k: int = 1000  # importance samples for the test NLL estimate
     eval_limit: int = 1000  # test examples used by evaluate()
-    eval_chunk: int = 4096  # decoder evaluations per forward pass during evaluation
+    # decoder evaluations per forward pass during evaluation; null = CPU_EVAL_CHUNK on a CPU, 4096 elsewhere
+    eval_chunk: Optional[int] = None
     prior: str = "standard"  # standard (N(0, I)) | vamp (the VampPrior)
     prior_components: int = 500  # prior=vamp: K pseudo-inputs
     encoder: NetConfig = field(default_factory=NetConfig)
@@ -114,9 +119,14 @@ class VAE(LikelihoodModel):
                     "dataset.binarize=dynamic (or static), or use model.decoder_dist=logistic")
         if cfg.z_dim < 1 or cfg.kl_weight < 0:
             return "model.z_dim must be >= 1 and model.kl_weight >= 0"
+        problem = (nets.settings_problem(cfg.encoder, spec.kind, "discriminator", "model.encoder", NetConfig())
+                   or nets.settings_problem(cfg.decoder, spec.kind, "generator", "model.decoder", NetConfig()))
+        if problem:
+            return problem
         if cfg.gaussian_std is not None and cfg.gaussian_std <= 0:
             return f"model.gaussian_std must be > 0, got {cfg.gaussian_std}"
-        if cfg.iwae_k < 1 or cfg.eval_k < 1 or cfg.eval_limit < 1 or cfg.eval_chunk < 1:
+        chunk_ok = cfg.eval_chunk is None or cfg.eval_chunk >= 1
+        if cfg.iwae_k < 1 or cfg.eval_k < 1 or cfg.eval_limit < 1 or not chunk_ok:
             return "model.iwae_k, model.eval_k, model.eval_limit and model.eval_chunk must be >= 1"
         if cfg.kl_warmup_steps < 0 or cfg.free_bits < 0:
             return "model.kl_warmup_steps and model.free_bits must be >= 0"
@@ -154,9 +164,8 @@ class VAE(LikelihoodModel):
     def compile_targets(self):
         return {"encoder": self.encoder, "decoder": self.decoder}
 
-    def latent(self, n, generator=None):
-        dev = generator.device if generator is not None else next(self.parameters()).device
-        return torch.randn(n, self.cfg.z_dim, generator=generator, device=dev)
+    def latent_shape(self):
+        return (self.cfg.z_dim,)
 
     # ---- the likelihood -----------------------------------------------------------------------
     @property
@@ -182,6 +191,8 @@ class VAE(LikelihoodModel):
             target = (x.flatten(1) + 1) / 2  # exactly {0, 1} on binarised data
             return -F.binary_cross_entropy_with_logits(out.flatten(1), target, reduction="none").sum(1)
         if self.dist == "logistic":
+            # Independent discretised logistics per sub-pixel (PixelCNN++'s likelihood with one
+            # component, bins at the 8-bit levels).
             c = x.shape[1]
             return discretized_logistic_log_prob(x, out[:, :c], out[:, c:])
         out, x = out.flatten(1), x.flatten(1)
@@ -227,11 +238,12 @@ class VAE(LikelihoodModel):
         mu, logvar = self.encode(x)
         n = x.shape[0]
         per = max(1, (chunk or k * n) // n)
+        decoder = self._eval_decoder if self._eval_decoder is not None else self.decoder
         recs, ratios = [], []
         for i in range(0, k, per):
             s = min(per, k - i)
             z = mu + torch.randn(s, *mu.shape, device=mu.device, dtype=mu.dtype) * (0.5 * logvar).exp()
-            recon = self.decoder(z.reshape(s * n, -1))
+            recon = decoder(z.reshape(s * n, -1))
             xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
             recs.append(self.log_px_z(recon, xs).view(s, n))
             ratios.append(self.log_prior(z) - log_normal(z, mu, logvar))
@@ -260,20 +272,38 @@ class VAE(LikelihoodModel):
                       "kl_weight": torch.tensor(beta)}
 
     # ---- evaluation (the template averages these terms and adds bits/dim) ------------------------
+    _eval_decoder: nn.Module | None = None  # a copy for evaluate()'s decoder passes (not a submodule)
+
+    def evaluate(self, data, **kwargs):
+        """The template's evaluation; on CPU the k decoder passes per image run on the decoder's
+        inference copy (nets.inference_copy: the same function, faster there)."""
+        if next(self.parameters()).device.type == "cpu":
+            object.__setattr__(self, "_eval_decoder", inference_copy(self.decoder))
+        try:
+            return super().evaluate(data, **kwargs)
+        finally:
+            object.__setattr__(self, "_eval_decoder", None)
+
     def log_prob(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The importance-sampled estimate of log p(x) with eval_k samples from q (a bound in expectation)."""
         return self._iwae_log_prob(self.prepare(x))
 
     def _iwae_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        rec, ratio = self.log_weights(x, self.eval_k(), self.cfg.eval_chunk)
+        rec, ratio = self.log_weights(x, self.eval_k(), self.eval_chunk())
         return logmeanexp((rec + ratio).double(), 0)
 
-    def eval_k(self) -> int:
+    def eval_k(self) -> int | None:
         """Importance samples of the test NLL: evaluate()'s k when given, else model.eval_k."""
         return int(self.eval_k_override or self.cfg.eval_k)
 
     def eval_batch_size(self) -> int:
-        return max(1, min(100, self.cfg.eval_chunk // max(1, min(self.eval_k(), 50))))
+        return max(1, min(100, self.eval_chunk() // max(1, min(self.eval_k(), 50))))
+
+    def eval_chunk(self) -> int:
+        """Decoder passes per forward pass of the evaluation: model.eval_chunk, or the fastest measured one."""
+        if self.cfg.eval_chunk is not None:
+            return int(self.cfg.eval_chunk)
+        return CPU_EVAL_CHUNK if next(self.parameters()).device.type == "cpu" else 4096
 
     def eval_terms(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Test NLL (importance-sampled, eval_k), -ELBO and KL per example, and the posterior means."""

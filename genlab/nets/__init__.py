@@ -39,18 +39,38 @@ def resolve_arch(arch: str, kind: str) -> str:
     return arch
 
 
-def _build(cls_path: str, net_cfg, **given):
-    """Instantiate cls with the config keys its constructor accepts (a config serves several archs)."""
-    import inspect
+ROLES = ("generator", "discriminator")  # the two classes of each ARCHS entry
 
+
+def _items(net_cfg) -> dict:
     from omegaconf import OmegaConf
 
+    return OmegaConf.to_container(net_cfg, resolve=True) if not isinstance(net_cfg, dict) else dict(net_cfg)
+
+
+def _build(cls_path: str, net_cfg, **given):
+    """Instantiate cls with the config keys it declares in `settings` (a config serves several archs)."""
     cls = get_class(cls_path)
-    kw = OmegaConf.to_container(net_cfg, resolve=True) if not isinstance(net_cfg, dict) else dict(net_cfg)
-    params = inspect.signature(cls.__init__).parameters
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
-    kw = {k: v for k, v in kw.items() if k != "arch" and (takes_any or k in params)}
+    kw = {k: v for k, v in _items(net_cfg).items() if k in cls.settings}
     return cls(**{**kw, **given})
+
+
+def settings_problem(net_cfg, kind: str, role: str, where: str, defaults) -> str | None:
+    """Why a network config sets an option its architecture does not take (None if it does not).
+
+    One config serves several architectures (arch: auto), so an option the resolved network does not
+    take is an error only when it differs from `defaults` (the family's settings): `where.depth=6` on
+    images fails here rather than doing nothing."""
+    arch = resolve_arch(net_cfg.arch, kind)
+    cls = get_class(ARCHS[arch][ROLES.index(role)])
+    for key, value in _items(net_cfg).items():
+        if key == "arch" or key in cls.settings or value == getattr(defaults, key, value):
+            continue
+        others = [a for a, paths in ARCHS.items() if key in get_class(paths[ROLES.index(role)]).settings]
+        hint = f" or set {where}.arch={others[0]}" if others else ""
+        return (f"{where}.{key}={value} is not a setting of the {arch} {role} on {kind} data (it takes "
+                f"{', '.join(cls.settings)}); drop it{hint}")
+    return None
 
 
 def generator(net_cfg, spec, z_dim: int, **extra):

@@ -55,6 +55,8 @@ def _norm2d(kind: str, channels: int) -> nn.Module:
 class DCGANGenerator(nn.Module):
     """DCGAN generator: project z to s0 x s0, then fractionally-strided convs with BN + ReLU, tanh out."""
 
+    settings = ("base_channels", "norm", "spectral_norm")  # the network options (model.generator.*) it takes
+
     def __init__(self, z_dim: int, shape: tuple[int, int, int], base_channels: int = 64, in_dim: int | None = None,
                  norm: str = "batch", spectral_norm: bool = False, out_activation: str = "tanh"):
         super().__init__()
@@ -93,6 +95,8 @@ class DCGANGenerator(nn.Module):
 
 class DCGANDiscriminator(nn.Module):
     """DCGAN discriminator: strided convs with LeakyReLU(0.2), no pooling, a linear head on the features."""
+
+    settings = ("base_channels", "norm", "spectral_norm")
 
     def __init__(self, shape: tuple[int, int, int], base_channels: int = 64, norm: str = "batch",
                  spectral_norm: bool = False, out_dim: int = 1, return_features: bool = False):

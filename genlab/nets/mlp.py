@@ -41,8 +41,10 @@ def mlp(in_dim: int, out_dim: int, hidden: int, depth: int, act: str = "relu", n
 class MLPGenerator(nn.Module):
     """z -> point: an MLP with ReLU hidden layers and a linear output."""
 
+    settings = ("hidden", "depth", "norm")  # the network options (model.generator.*) it takes
+
     def __init__(self, z_dim: int, shape: tuple, hidden: int = 256, depth: int = 3, norm: str = "none",
-                 out_activation: str = "none", **_):
+                 out_activation: str = "none"):
         super().__init__()
         self.shape = tuple(shape)
         self.net = mlp(z_dim, math.prod(shape), hidden, depth, "relu", norm)
@@ -58,8 +60,10 @@ class MLPGenerator(nn.Module):
 class MLPDiscriminator(nn.Module):
     """point -> score: an MLP with LeakyReLU(0.2) (or maxout) hidden layers; `features` is the last hidden layer."""
 
+    settings = ("hidden", "depth", "norm", "spectral_norm", "pieces")
+
     def __init__(self, shape: tuple, hidden: int = 256, depth: int = 3, norm: str = "none",
-                 spectral_norm: bool = False, out_dim: int = 1, pieces: int = 1, **_):
+                 spectral_norm: bool = False, out_dim: int = 1, pieces: int = 1):
         super().__init__()
         net = mlp(math.prod(shape), out_dim, hidden, depth, "lrelu", norm, spectral_norm, pieces)
         self.body, self.head = net[:-1], net[-1]

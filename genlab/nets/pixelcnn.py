@@ -183,11 +183,8 @@ def _shifted_means(means, coeffs, x):
     return torch.stack(out, dim=2)
 
 
-def discretized_mix_logistic_log_prob(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-    """log p(x) in nats per example under PixelCNN++'s discretised logistic mixture; x (N, C, H, W) in [-1, 1]."""
-    logits, means, log_scales, coeffs = _unpack_mixture(params, x.shape[1])
-    xs = x.unsqueeze(1)
-    centered = xs - _shifted_means(means, coeffs, xs)
+def _log_bins(levels: torch.Tensor, centered: torch.Tensor, log_scales: torch.Tensor) -> torch.Tensor:
+    """log P(level) of a discretised logistic, elementwise: the mass of each 8-bit level's bin."""
     inv_scale = torch.exp(-log_scales)
     plus = inv_scale * (centered + _HALF_BIN)  # upper edge of the bin
     minus = inv_scale * (centered - _HALF_BIN)  # lower edge of the bin
@@ -198,19 +195,22 @@ def discretized_mix_logistic_log_prob(x: torch.Tensor, params: torch.Tensor) -> 
     # Exact in the tails where the plain difference of two sigmoids cancels to 0 (PixelCNN++ falls
     # back to a density approximation there); b - a = -2 / (255 scale) < 0, so every term is finite.
     log_mid = log_cdf_plus + log_sf_minus + torch.log(-torch.expm1(minus - plus))
-    k = to_levels(x).unsqueeze(1)
-    log_bins = torch.where(k == 0, log_cdf_plus, torch.where(k == 255, log_sf_minus, log_mid))
+    return torch.where(levels == 0, log_cdf_plus, torch.where(levels == 255, log_sf_minus, log_mid))
+
+
+def discretized_mix_logistic_log_prob(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """log p(x) in nats per example under PixelCNN++'s discretised logistic mixture; x (N, C, H, W) in [-1, 1]."""
+    logits, means, log_scales, coeffs = _unpack_mixture(params, x.shape[1])
+    xs = x.unsqueeze(1)
+    log_bins = _log_bins(to_levels(x).unsqueeze(1), xs - _shifted_means(means, coeffs, xs), log_scales)
     log_joint = log_bins.sum(dim=2) + F.log_softmax(logits, dim=1)  # channels of one component multiply
     return torch.logsumexp(log_joint, dim=1).flatten(1).sum(1)
 
 
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """log P(x) in nats per example of independent discretised logistics per sub-pixel (N, C, H, W) over
-    the 256 levels: the one-component, zero-coefficient case of PixelCNN++'s mixture."""
-    c = x.shape[1]
-    zeros = torch.zeros_like(mean[:, :1])
-    coeffs = zeros.expand(-1, c * (c - 1) // 2, -1, -1)
-    return discretized_mix_logistic_log_prob(x, torch.cat([zeros, mean, log_scale, coeffs], 1))
+    """log p(x) in nats per example of independent discretised logistics per sub-pixel (N, C, H, W):
+    the mixture above with one component and no channel coefficients, without their bookkeeping."""
+    return _log_bins(to_levels(x), x - mean, log_scale).flatten(1).sum(1)
 
 
 def sample_discretized_mix_logistic(

@@ -92,6 +92,8 @@ class Attention(nn.Module):
 class UNet(nn.Module):
     """(x_t, t[, y]) -> a tensor of x's shape; levels halve the resolution, attention at the lowest."""
 
+    settings = ("base_channels", "channel_mult", "num_res_blocks", "attention", "dropout", "groups")
+
     def __init__(self, shape: tuple, base_channels: int = 32, channel_mult: tuple = (1, 2, 2),
                  num_res_blocks: int = 1, attention: bool = True, dropout: float = 0.0, groups: int = 8,
                  num_classes: int | None = None, **_):
@@ -146,6 +148,8 @@ class UNet(nn.Module):
 
 class MLPDenoiser(nn.Module):
     """(x_t, t[, y]) -> a vector of x's size for the toy mixtures: SiLU layers fed the time embedding."""
+
+    settings = ("hidden", "depth")
 
     def __init__(self, shape: tuple, hidden: int = 128, depth: int = 3, num_classes: int | None = None, **_):
         super().__init__()

@@ -1,0 +1,239 @@
+"""The training loop's own cost: genlab's Trainer against a bare PyTorch loop over the same networks.
+
+    python scripts/bench_loop.py                              # MLP and conv, 5 alternating repeats each
+    python scripts/bench_loop.py --nets mlp --repeats 7 --core 1
+    python scripts/bench_loop.py --pythonpath ../other-checkout   # measure another genlab (e.g. the old loop)
+    python scripts/bench_loop.py --profile mlp                # where one Trainer step's time goes
+
+Both sides get the same networks, data tensors, optimizers and batch: WGAN-GP (5 critic steps per
+generator step), `mlp` on the 25-Gaussian grid (256-wide MLPs, batch 256) and `conv` on Fashion-MNIST
+(the default DCGAN-style conv nets, batch 64). The Trainer runs with its default logging interval
+(trainer.log_every=50), no sample grids and no periodic checkpoints; its timed span is the whole fit
+(set-up, steps, final checkpoint), the bare loop's its steps. Every run is its own process, pinned
+with taskset to one core, one thread; bare and Trainer alternate (A B, B A, ...) so slow drifts of
+a shared machine hit both. Printed: steps per CPU second of each run, min/median/max, and the
+ratio Trainer/bare of the medians (the headline) and of the best runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NETS = {
+    # net: (overrides, default steps)
+    "mlp": (["experiment=grid25_wgan_gp"], 300),
+    "conv": (["model=wgan_gp", "dataset=fashion_mnist"], 60),
+}
+
+
+# ---- children: one measured run each, in its own pinned process ---------------------------------
+def setup(net: str, log_every: int | None):
+    """(cfg, data, model) for a net, built as genlab builds it."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from genlab import data as data_lib
+    from genlab.config import model_class, register_configs, validate
+
+    register_configs()
+    over = [*NETS[net][0], "trainer.device=cpu", "trainer.progress=false", "trainer.sample_every=0",
+            "trainer.checkpoint_every=0", "trainer.num_threads=1"]
+    if log_every is not None:
+        over.append(f"trainer.log_every={log_every}")
+    with initialize_config_module("genlab.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=over)
+    torch.manual_seed(0)
+    data = data_lib.build(cfg.dataset, "cpu", seed=0)
+    model = model_class(cfg)(validate(cfg), data.spec)
+    return cfg, data, model
+
+
+def bare_loop(model, data, cfg, steps: int) -> None:
+    """WGAN-GP in the plainest PyTorch: the same networks, data sampler, optimizer settings and batch."""
+    import torch
+
+    G, D = model.generator, model.discriminator
+    lr, betas = float(cfg.optimizer.lr), tuple(cfg.optimizer.betas)
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
+    bs, z_dim, n_critic, lam = int(cfg.trainer.batch_size), int(cfg.model.z_dim), int(cfg.model.n_critic), 10.0
+    for _ in range(steps):
+        for p in D.parameters():
+            p.requires_grad_(True)
+        for p in G.parameters():
+            p.requires_grad_(False)
+        for _ in range(n_critic):
+            real = data.next(bs).x
+            fake = G(torch.randn(bs, z_dim))
+            alpha = torch.rand(bs, *([1] * (real.dim() - 1)))
+            x = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+            (grad,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+            gp = ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+            loss = D(fake).mean() - D(real).mean() + lam * gp
+            opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_d.step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        for p in G.parameters():
+            p.requires_grad_(True)
+        loss = -D(G(torch.randn(bs, z_dim))).mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_g.step()
+
+
+def trainer_loop(model, data, cfg, steps: int) -> None:
+    from omegaconf import open_dict
+
+    from genlab.engine.trainer import Trainer
+
+    with open_dict(cfg):
+        cfg.trainer.max_steps = steps
+    with tempfile.TemporaryDirectory() as d:
+        Trainer(cfg, Path(d)).fit(model, data)
+
+
+def child(net: str, kind: str, steps: int, log_every: int | None) -> None:
+    """One timed run; prints {"cpu": s, "wall": s} as JSON."""
+    import torch
+
+    import torch.utils.tensorboard  # noqa: F401 - imported before timing, as the bare loop imports nothing
+    import tqdm  # noqa: F401
+
+    torch.set_num_threads(1)
+    cfg, data, model = setup(net, log_every)
+    fn = bare_loop if kind == "bare" else trainer_loop
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn(model, data, cfg, steps)
+    print(json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - t0}))
+
+
+def profile(net: str, steps: int, log_every: int | None) -> None:
+    """cProfile of the Trainer's steps: the top functions by own time, and genlab's by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    import torch.utils.tensorboard  # noqa: F401 - imports are set-up, not a step's cost
+    import tqdm  # noqa: F401
+
+    torch.set_num_threads(1)
+    cfg, data, model = setup(net, log_every)
+    trainer_loop(model, data, cfg, 2)  # first calls import and allocate: not a step's cost either
+    cfg, data, model = setup(net, log_every)
+    prof = cProfile.Profile()
+    prof.enable()
+    trainer_loop(model, data, cfg, steps)
+    prof.disable()
+    st = pstats.Stats(prof)
+    total = sum(v[2] for v in st.stats.values())
+    print(f"# cProfile of {steps} Trainer steps ({net}, log_every={cfg.trainer.log_every}): "
+          f"{1000 * total / steps:.2f} ms per step under the profiler")
+    for title, order, pattern, n in (("own time", "tottime", "", 18), ("genlab's functions, cumulative", "cumulative",
+                                                                     "genlab/", 22)):
+        out = io.StringIO()
+        st.stream = out
+        st.sort_stats(order).print_stats(pattern, n)
+        rows = out.getvalue().split("filename:lineno(function)", 1)[1].strip().splitlines()
+        print(f"\n## top by {title}: ms per step (own, cumulative), calls per step")
+        for row in rows:
+            parts = row.split(None, 5)
+            if len(parts) < 6:
+                continue
+            calls = parts[0].split("/")[0]
+            own, cum = float(parts[1]), float(parts[3])
+            name = parts[5].replace(str(Path(torch.__file__).parents[1]) + "/", "")
+            print(f"{1000 * own / steps:9.3f} {1000 * cum / steps:9.3f} {int(calls) / steps:8.1f}  {name}")
+
+
+# ---- the parent: alternating pinned runs ----------------------------------------------------------
+def commit(path: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(path), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        return out or "unknown"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_child(args, net: str, kind: str, steps: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(Path(args.pythonpath).resolve()), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{net}:{kind}", "--steps", str(steps)]
+    if args.log_every is not None:
+        cmd += ["--log-every", str(args.log_every)]
+    if args.core is not None:
+        cmd = ["taskset", "-c", str(args.core), *cmd]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if p.returncode:
+        sys.exit(f"bench_loop: the {kind} run of {net} failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def stats(values: list[float]) -> str:
+    return f"min {min(values):6.3f}  median {statistics.median(values):6.3f}  max {max(values):6.3f}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nets", default="mlp,conv", help="comma-separated: mlp, conv")
+    p.add_argument("--repeats", type=int, default=5, help="runs of each side per net (alternating order)")
+    p.add_argument("--steps", type=int, default=None, help="trainer steps per run (default: mlp 300, conv 60)")
+    p.add_argument("--core", default="1", help="taskset core list for every run ('' = not pinned)")
+    p.add_argument("--log-every", type=int, default=None, help="trainer.log_every (default: the trainer's default)")
+    p.add_argument("--pythonpath", default=str(REPO), help="the genlab checkout to measure (default: this one)")
+    p.add_argument("--profile", default="", metavar="NET", help="print a cProfile of the Trainer's steps instead")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.core = args.core or None
+    if args.child:
+        net, kind = args.child.split(":")
+        return child(net, kind, args.steps or NETS[net][1], args.log_every)
+    if args.profile:
+        return profile(args.profile, args.steps or NETS[args.profile][1], args.log_every)
+    where = Path(args.pythonpath).resolve()
+    print(f"# bench_loop {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; genlab {commit(where)} "
+          f"({where.name}); {cpu_model()}, {os.cpu_count()} CPUs; core {args.core or 'any'}, 1 thread; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    for net in args.nets.split(","):
+        steps = args.steps or NETS[net][1]
+        sps: dict[str, list[float]] = {"bare": [], "trainer": []}
+        print(f"\n## {net}: {' '.join(NETS[net][0])}, {steps} steps per run (steps per CPU second; wall in brackets)")
+        for r in range(args.repeats):
+            for kind in ("bare", "trainer") if r % 2 == 0 else ("trainer", "bare"):
+                t = run_child(args, net, kind, steps)
+                sps[kind].append(steps / t["cpu"])
+                print(f"  run {r + 1} {kind:<8}{steps / t['cpu']:8.3f}  ({steps / t['wall']:.3f})", flush=True)
+        for kind in sps:
+            print(f"  {kind:<8}{stats(sps[kind])}")
+        med = statistics.median(sps["trainer"]) / statistics.median(sps["bare"])
+        best = max(sps["trainer"]) / max(sps["bare"])
+        print(f"  ratio Trainer/bare: {med:.3f} (medians), {best:.3f} (best runs); load average "
+              f"{os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
