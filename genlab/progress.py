@@ -15,7 +15,8 @@ from tqdm import tqdm
 #: False after `configure(False)` (progress=false): every bar off unless it is forced on
 _allowed = True
 #: a wait shorter than this shows no bar at all (a bar that flashes for 0.1 s is noise, not progress)
-DELAY_S = 0.5
+#: (GENLAB_PROGRESS_DELAY overrides it, e.g. 0 in tests that must see a bar whatever the machine's speed)
+DELAY_S = float(os.environ.get("GENLAB_PROGRESS_DELAY", "0.5"))
 
 
 def configure(progress: bool) -> None:

@@ -49,6 +49,10 @@ def test_debug_run_stays_within_its_budget(model, data_root, tmp_path, monkeypat
                  "dataset.download=false"]
     if model != "cyclegan":  # its YAML picks its two domains (Fashion-MNIST sneakers and sandals)
         overrides.append("dataset=fashion_mnist")
+    if model == "vqvae_prior":  # a second stage: it trains on the codes of a VQ-VAE run, made here as a debug run
+        first = tmp_path / "vqvae"
+        train(compose(["model=vqvae", *overrides[1:]]), first)
+        overrides.append(f"model.vqvae_run={first}")
     cfg = compose(overrides)
     # Every debug run ends with an evaluation, bounded like the others (CycleGAN translates, it has
     # nothing to sample for the sample metrics).

@@ -58,7 +58,8 @@ def _patch_noise(rank: int, world: int) -> None:
         draw(lambda m, generator: torch.randint(0, self.T, (m,), generator=generator), len(x)),
         draw(torch.randn, len(x), *x.shape[1:]))
     gan.GAN._noise = lambda self, n: draw(torch.randn, n, self.cfg.z_dim)
-    penalties.interpolates = lambda real, fake: (lambda a: a * real + (1 - a) * fake)(draw(torch.rand, len(real), 1))
+    penalties.interpolates = lambda real, fake, group=1: (lambda a: a * real + (1 - a) * fake)(
+        draw(torch.rand, len(real) // group, *([1] * (real.dim() - 1))).repeat_interleave(group, 0))
 
 
 def _worker(rank: int, world: int, port: int, overrides: list[str], run_dir: str, patch: bool) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from genlab.commands.train import train
 from genlab.nets.flows import ActNorm
-from tests.conftest import TINY, compose, run_cli
+from tests.conftest import TINY, compose, nets_for, run_cli
 
 SMALL = {
     "vae": ["model.encoder.base_channels=8", "model.decoder.base_channels=8", "model.z_dim=4",
@@ -27,7 +27,7 @@ CASES = {
     "vae_binarized": ["model=vae", "dataset.binarize=dynamic", *SMALL["vae"]],
     "vae_gaussian_warmup_freebits": ["model=vae", "model.decoder_dist=gaussian", "model.kl_warmup_steps=3",
                                      "model.free_bits=0.1", "model.encoder.arch=mlp", "model.decoder.arch=mlp",
-                                     *SMALL["vae"]],
+                                     *nets_for(SMALL["vae"], "points")],
     "beta_vae": ["model=beta_vae", *SMALL["vae"]],
     "iwae": ["model=iwae", "dataset.binarize=static", *SMALL["vae"]],
     "realnvp": ["model=realnvp", *SMALL["realnvp"]],

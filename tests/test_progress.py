@@ -81,7 +81,7 @@ def in_terminal(args: list[str], cwd) -> tuple[int, str, str]:
     """Run `python -m genlab ARGS` with stderr on a pseudo-terminal; returns (status, stdout, stderr)."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 120, 0, 0))  # 120 wide, 0 lines (as `script` makes)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GENLAB_PROGRESS_DELAY": "0"}
     p = subprocess.Popen([sys.executable, "-m", "genlab", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
                          stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
