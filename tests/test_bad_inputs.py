@@ -7,6 +7,7 @@ pre-flight checks answer before Hydra starts, so each takes a fraction of a seco
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -402,14 +403,14 @@ def small_disk(tmp_path):
 
 
 def fill(disk: Path) -> None:
-    """Write to `disk` until it is full."""
-    with open(disk / "filler", "wb") as f:
-        try:
+    """Write to `disk` until it is full (the run may have filled it already: then not even the file opens)."""
+    try:
+        with open(disk / "filler", "wb") as f:
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
-            pass
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
 
 
 @pytest.mark.slow
