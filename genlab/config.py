@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from genlab.data.schema import DatasetConfig
 from genlab.errors import GenlabError
 
-__all__ = ["DatasetConfig", "TrainConfig", "attach_first_stage", "build_model", "model_class", "register_configs", "typed_model_config",
+__all__ = ["DatasetConfig", "active_recipe", "TrainConfig", "attach_first_stage", "build_model", "model_class", "register_configs", "typed_model_config",
            "validate"]
 
 
@@ -56,6 +56,7 @@ class TrainerConfig:
     compile: bool = False
     channels_last: bool = False
     sync_batchnorm: bool = False
+    recipe: str = "auto"
 
 
 @dataclass
@@ -85,8 +86,53 @@ class TrainConfig:
     seed: int = 0
 
 
+RECIPES = ("auto", "paper", "cpu")
+
+
+def active_recipe(trainer) -> str:
+    """paper or cpu: trainer.recipe, where auto is cpu when the run's device is the CPU (the papers'
+    recipes on an accelerator, one that learns fast per CPU-second on a laptop; docs/performance.md)."""
+    recipe, device = str(trainer.recipe), str(trainer.device)
+    if recipe != "auto":
+        return recipe
+    if device == "auto":
+        import torch
+
+        return "paper" if torch.cuda.is_available() else "cpu"
+    return "cpu" if device == "cpu" else "paper"
+
+
+def _recipe_value(paper, cpu, *, _root_):
+    """${recipe:PAPER,CPU} in a model file: the paper's value, or the CPU recipe's (trainer.recipe) on
+    image data; point data's networks are CPU-sized in every recipe, so they take the paper's value."""
+    trainer, dataset = _root_.get("trainer"), _root_.get("dataset")
+    if trainer is None or trainer.get("recipe") is None or dataset is None or not dataset.get("_target_"):
+        return paper
+    recipe = active_recipe(trainer)
+    if recipe not in ("paper", "cpu"):
+        raise GenlabError(f"trainer.recipe must be one of {', '.join(RECIPES)}; got {trainer.recipe}")
+    if recipe == "paper":
+        return paper
+    from genlab.data import expected_spec
+
+    return cpu if expected_spec(dataset).kind == "image" else paper
+
+
+def _recipe_mlp_value(paper, cpu, *, _parent_, _root_):
+    """${recipe_mlp:PAPER,CPU} in a network's settings: the CPU recipe's value only where that network
+    is an MLP (model.generator.arch=conv on a CPU then takes no MLP widths it would reject)."""
+    return cpu if _parent_.get("arch") == "mlp" and _recipe_value(paper, cpu, _root_=_root_) == cpu else paper
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("recipe"):
+        OmegaConf.register_new_resolver("recipe", _recipe_value)
+        OmegaConf.register_new_resolver("recipe_mlp", _recipe_mlp_value)
+
+
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore (idempotent)."""
+    """Put the schemas into Hydra's ConfigStore and genlab's resolvers into OmegaConf (idempotent)."""
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
@@ -176,6 +222,7 @@ def _check(cond: bool, msg: str) -> None:
 def validate(cfg: DictConfig) -> DictConfig:
     """Semantic checks on a composed train config; returns the typed model config."""
     t = cfg.trainer
+    _check(str(t.recipe) in RECIPES, f"trainer.recipe must be one of {', '.join(RECIPES)}; got {t.recipe}")
     _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")
     _check(t.batch_size >= 1, f"trainer.batch_size must be >= 1, got {t.batch_size}")
     _check(str(t.precision) in PRECISIONS,
@@ -222,3 +269,6 @@ def validate(cfg: DictConfig) -> DictConfig:
     _check(t.batch_size % pack == 0, f"model.pack={pack} needs trainer.batch_size divisible by it, got "
            f"{t.batch_size}; e.g. trainer.batch_size={t.batch_size // pack * pack or pack}")
     return mcfg
+
+
+register_resolvers()  # a config read back from a run folder resolves without register_configs()

@@ -19,6 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Tests use tiny tensors: an intra-op thread pool costs far more than it saves, worst on a busy machine.
 torch.set_num_threads(1)
 
+# The tests pin the paper recipe (the networks each model file names), which is what they check on a
+# CPU as on a GPU; tests/test_recipe.py checks trainer.recipe=auto|cpu itself. Subprocesses inherit it.
+os.environ["GENLAB_RECIPE"] = "paper"
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_cache(tmp_path_factory):

@@ -58,6 +58,30 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
     for m in rows:
         assert json.loads((out / "runs" / "fashion_mnist" / m / "s0" / "status.json").read_text()) == before[m]
 
+    # A zoo copied without its checkpoints (as committed under docs/results/) still tabulates the same.
+    import shutil
+
+    table = (out / "zoo.csv").read_text()
+    for m in rows:
+        shutil.rmtree(out / "runs" / "fashion_mnist" / m / "s0" / "checkpoints")
+    light = run_cli(["zoo", *TINY_ZOO, "zoo.train=false", f"zoo.out={out}"], tmp_path, env=env)
+    assert light.returncode == 0, light.stderr[-3000:]
+    assert (out / "zoo.csv").read_text() == table
+    assert Image.open(out / "gallery.png").size == g.size
+
+
+def test_diffusion_is_scored_with_its_runs_sample_steps():
+    """The zoo evaluates and times a diffusion run with its trainer.sample_steps, not the chain's T steps."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"trainer": {"sample_steps": 50}})
+    assert zoo.sample_steps(SimpleNamespace(cfg=cfg, model=SimpleNamespace(sample_options=("steps", "eta")))) == 50
+    assert zoo.sample_steps(SimpleNamespace(cfg=cfg, model=SimpleNamespace(sample_options=()))) is None
+    cfg.trainer.sample_steps = None
+    assert zoo.sample_steps(SimpleNamespace(cfg=cfg, model=SimpleNamespace(sample_options=("steps",)))) is None
+
 
 def test_bad_input_is_one_line_before_any_job(tmp_path):
     out = tmp_path / "zoo"

@@ -39,10 +39,14 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
     """Run one training job described by a composed train config; returns the last logged scalars.
 
     With trainer.objective set, status.objective gets {metric, value, direction} from a final evaluation."""
-    from genlab.config import validate
+    from omegaconf import open_dict
+
+    from genlab.config import active_recipe, validate
     from genlab.engine import distributed
 
     mcfg = validate(cfg)
+    with open_dict(cfg):  # the run record names the recipe its values came from, not "auto"
+        cfg.trainer.recipe = active_recipe(cfg.trainer)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -97,9 +101,9 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
         trainer.on_checkpoint = lambda: status.write("running")  # step and times as of the checkpoint
     trainer.meta = {"overrides": _task_overrides()}
     log.info("run folder: %s", run_dir.resolve())
-    log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s, %d CPU thread(s)", mcfg.name,
-             data.name, "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device,
-             cfg.trainer.precision, torch.get_num_threads())
+    log.info("model %s on %s (%s, %d train / %d test), device %s, precision %s, %d CPU thread(s), recipe %s",
+             mcfg.name, data.name, "x".join(map(str, data.shape)), len(data), len(data.raw("test")), device,
+             cfg.trainer.precision, torch.get_num_threads(), cfg.trainer.recipe)
     if dist.enabled:
         b = int(cfg.trainer.batch_size)
         log.info("%d processes (%s) x trainer.batch_size %d = global batch %d", dist.world, device.type, b, dist.world * b)

@@ -286,8 +286,16 @@ def quote(path: Path) -> str:
 
 
 # ---- evaluation --------------------------------------------------------------------------------
+def sample_steps(run) -> int | None:
+    """The denoising steps a run's samples are scored and timed with: its trainer.sample_steps (what its
+    periodic evaluations used) for a model that samples in steps (diffusion), else None."""
+    n = OmegaConf.select(run.cfg, "trainer.sample_steps")
+    return int(n) if n and "steps" in run.model.sample_options else None
+
+
 def evaluate_job(job: Path, samples: int | None, slow: bool, nll: list[str]) -> dict:
-    """genlab eval of one finished job (skipped when its eval.json is of the same step and sample count)."""
+    """genlab eval of one finished job (skipped when its eval.json is of the same step and sample count);
+    `nll` holds any further eval overrides (the NLL bounds, a diffusion model's steps=)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
@@ -326,6 +334,7 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
     run = load_run(str(job), "last", "auto")
     data, _ = run_data(run)
     model = run.model
+    model.steps_bound = sample_steps(run)  # diffusion: the steps its evaluation used, not the chain's T
     dev = next(model.parameters()).device
     n = 2000 if data.kind == "points" else 36
     g = torch.Generator(dev).manual_seed(0)
@@ -345,8 +354,29 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
         per_1k = (time.perf_counter() - t0) * 1000 / m
     png.parent.mkdir(parents=True, exist_ok=True)
     viz.save_png(img, png)
-    meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k}) + "\n")
+    meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k, "translates": bool(model.translates)}) + "\n")
     return Image.open(png).convert("RGB"), per_1k
+
+
+def scored(job: Path, st: dict, samples: int | None):
+    """(eval.json or None for a translator, tile, seconds per 1,000 samples) when a finished job's score and
+    tile are already in its folder for its last step; else None. The table is then rebuilt from a folder's
+    small files alone (status.json, eval.json, samples/zoo_tile.png, samples/zoo_sampling.json): a zoo
+    copied without its checkpoints (e.g. committed, docs/experiments-zoo.md) still tabulates and grows."""
+    from PIL import Image
+
+    try:
+        info = json.loads((job / "samples" / "zoo_sampling.json").read_text())
+        if info["step"] != st.get("step") or "translates" not in info:
+            return None
+        ev = None
+        if not info["translates"]:
+            ev = json.loads((job / "eval.json").read_text())
+            if ev["step"] != st.get("step") or (samples is not None and ev["num_samples"] != samples):
+                return None
+        return ev, Image.open(job / "samples" / "zoo_tile.png").convert("RGB"), info["seconds_per_1000"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dict, dict]:
@@ -372,11 +402,21 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
         st = job_state(job)
         rec = {"seed": s, "dir": job, "state": st["state"], "error": st.get("error") or c.error,
                "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
-        if st["state"] == "done":
+        cached = scored(job, st, samples)
+        if st["state"] == "done" and cached is not None:  # nothing to recompute: no checkpoint needed
+            ev, tile, per_1k = cached
+            if ev is not None:
+                rec["values"] = dict(ev["values"])
+                protocol.setdefault(c.dataset, ev)
+            rec["s_per_1k_samples"] = per_1k
+            tiles.setdefault((c.label, c.dataset), tile)
+        elif st["state"] == "done":
             try:
-                model = load_run(str(job), "last", "cpu").model  # capabilities as the built model declares them
+                run = load_run(str(job), "last", "cpu")
+                model = run.model  # capabilities as the built model declares them
                 if not model.translates:  # genlab eval scores sampled images; a translator has none
-                    ev = evaluate_job(job, samples, bool(model.slow_sampling), nll)
+                    steps = sample_steps(run)
+                    ev = evaluate_job(job, samples, bool(model.slow_sampling), nll + ([f"steps={steps}"] if steps else []))
                     rec["values"] = dict(ev["values"])
                     protocol.setdefault(c.dataset, ev)
                 tile, per_1k = gallery_tile(job)

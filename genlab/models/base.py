@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -146,6 +147,7 @@ class NetConfig:
     arch: str = "auto"
     hidden: int = 256
     depth: int = 3
+    widths: Optional[list[int]] = None  # MLP: one hidden layer per entry (replaces hidden x depth)
     base_channels: int = 64
     norm: str = "batch"
     spectral_norm: bool = False

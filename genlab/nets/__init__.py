@@ -63,7 +63,13 @@ def settings_problem(net_cfg, kind: str, role: str, where: str, defaults) -> str
     images fails here rather than doing nothing."""
     arch = resolve_arch(net_cfg.arch, kind)
     cls = get_class(ARCHS[arch][ROLES.index(role)])
-    for key, value in _items(net_cfg).items():
+    items = _items(net_cfg)
+    if items.get("widths") and "widths" in cls.settings:  # widths replace hidden x depth: a set one would do nothing
+        for key in ("hidden", "depth"):
+            if key in items and items[key] != getattr(defaults, key, items[key]):
+                return (f"{where}.{key}={items[key]} has no effect while {where}.widths={list(items['widths'])} is set "
+                        f"(the CPU recipe's MLP widths, trainer.recipe); give {where}.widths=[...] or {where}.widths=null")
+    for key, value in items.items():
         if key == "arch" or key in cls.settings or value == getattr(defaults, key, value):
             continue
         others = [a for a, paths in ARCHS.items() if key in get_class(paths[ROLES.index(role)]).settings]
@@ -78,6 +84,8 @@ def generator(net_cfg, spec, z_dim: int, **extra):
     arch = resolve_arch(net_cfg.arch, spec.kind)
     if "norm" in net_cfg and net_cfg.norm == "auto":
         extra.setdefault("norm", resolve_norm("auto", arch))
+    if arch == "mlp" and spec.kind == "image":  # images in [-1, 1], as the conv generator's tanh gives
+        extra.setdefault("out_activation", "tanh")
     return _build(ARCHS[arch][0], net_cfg, z_dim=z_dim, shape=tuple(spec.shape), **extra)
 
 
