@@ -58,16 +58,23 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
     for m in rows:
         assert json.loads((out / "runs" / "fashion_mnist" / m / "s0" / "status.json").read_text()) == before[m]
 
-    # A zoo copied without its checkpoints (as committed under docs/results/) still tabulates the same.
-    import shutil
+    # A zoo copied without its checkpoints (scripts/zoo_light.py, as committed under docs/results/) still
+    # tabulates the same, and a rerun into the copy trains nothing.
+    import subprocess
+    import sys
 
-    table = (out / "zoo.csv").read_text()
-    for m in rows:
-        shutil.rmtree(out / "runs" / "fashion_mnist" / m / "s0" / "checkpoints")
-    light = run_cli(["zoo", *TINY_ZOO, "zoo.train=false", f"zoo.out={out}"], tmp_path, env=env)
-    assert light.returncode == 0, light.stderr[-3000:]
-    assert (out / "zoo.csv").read_text() == table
-    assert Image.open(out / "gallery.png").size == g.size
+    from conftest import REPO
+
+    light = tmp_path / "light"
+    r = subprocess.run([sys.executable, str(REPO / "scripts" / "zoo_light.py"), str(out), str(light)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not list(light.glob("runs/**/*.pt")) and (light / "runs/fashion_mnist/vae/s0/eval.json").is_file()
+    again = run_cli(["zoo", *TINY_ZOO, f"zoo.out={light}"], tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "genlab zoo: training" not in again.stdout
+    assert (light / "zoo.csv").read_text() == (out / "zoo.csv").read_text()
+    assert Image.open(light / "gallery.png").size == g.size
 
 
 def test_diffusion_is_scored_with_its_runs_sample_steps():
