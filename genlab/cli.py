@@ -141,6 +141,21 @@ def check_plugins(overrides: list[str]) -> None:
                          f"install it with: pip install 'genlab[{extra}]'")
 
 
+def check_run(overrides: list[str]) -> None:
+    """run= (and checkpoint=) of sample/eval name a checkpoint file: checked before torch loads."""
+    from genlab.errors import GenlabError
+    from genlab.runpath import resolve
+
+    values = {_key(o): _unquote(o.split("=", 1)[1]) for o in overrides if "=" in o}
+    run, which = values.get("run"), values.get("checkpoint", "last")
+    if not run or "${" in run or "${" in which:
+        return
+    try:
+        resolve(run, which)
+    except GenlabError as e:
+        fail(str(e))
+
+
 def expand_resume(overrides: list[str]) -> list[str]:
     """Prepend the overrides of the run being resumed, so the same config is composed again."""
     resume = [o for o in overrides if _key(o) == "trainer.resume"]
@@ -281,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
             overrides = expand_resume(overrides)
         if name in ("sample", "eval") and not any(_key(o) == "run" for o in overrides):
             fail(f"genlab {name} needs run=<run folder>, e.g. genlab {name} run=outputs/2026-01-01/12-00-00")
+        if name in ("sample", "eval") and not multirun:
+            check_run(overrides)
         precheck(name, overrides, multirun)
     if name == "train" and not info:
         overrides = overrides + rank_flags(multirun)

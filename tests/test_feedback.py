@@ -132,7 +132,8 @@ def test_nll_bounds_reach_the_model(tmp_path):
 
 # ---- the quick CLI -----------------------------------------------------------------------------
 @pytest.mark.parametrize("args", [["train", "--help"], ["eval", "--help"], ["train", "--cfg", "job"],
-                                  ["sample", "--cfg", "job", "run=x"], ["train", "trainer.max_steps=-1"]])
+                                  ["sample", "--cfg", "job", "run=x"], ["train", "trainer.max_steps=-1"],
+                                  ["eval", "run=nonexistent"], ["sample", "run=.", "checkpoint=best"]])
 def test_informational_flags_and_pre_checks_do_not_import_torch(args, tmp_path):
     code = ("import atexit, sys\n"
             "atexit.register(lambda: print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH', file=sys.stderr))\n"
@@ -143,6 +144,10 @@ def test_informational_flags_and_pre_checks_do_not_import_torch(args, tmp_path):
     assert "NO_TORCH" in r.stderr
     if "trainer.max_steps=-1" in args:  # a pre-check error: one line, exit 2, before torch
         assert r.returncode == 2 and "genlab: error: trainer.max_steps must be >= 0" in r.stderr
+        return
+    if "run=nonexistent" in args or "checkpoint=best" in args:  # a wrong run folder: one line, before torch
+        where = "nonexistent" if "run=nonexistent" in args else "checkpoints/best.pt"
+        assert r.returncode == 2 and "genlab: error: no checkpoint at " in r.stderr and where in r.stderr
         return
     assert r.returncode == 0, r.stderr
     assert ("is powered by Hydra" in r.stdout) if "--help" in args else ("model:" in r.stdout or "run: x" in r.stdout)

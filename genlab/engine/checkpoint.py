@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from genlab.errors import GenlabError
+from genlab.runpath import resolve  # noqa: F401 - checkpoint.resolve, re-exported
 from genlab.types import Spec
 
 FORMAT = 1
@@ -100,16 +101,6 @@ def remove_stale_tmp(folder: Path) -> list[Path]:
             p.unlink()
             removed.append(p)
     return removed
-
-
-def resolve(path_or_run: str | Path, name: str = "last") -> Path:
-    """A checkpoint file from a .pt path or a run folder (its checkpoints/<name>.pt)."""
-    p = Path(os.path.expanduser(str(path_or_run)))
-    if p.is_dir():
-        p = p / "checkpoints" / f"{name}.pt"
-    if not p.is_file():
-        raise GenlabError(f"no checkpoint at {p}; give a run folder that has checkpoints/{name}.pt or a .pt file")
-    return p
 
 
 def load(path: Path) -> dict:
