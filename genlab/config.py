@@ -258,9 +258,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None
         _check(lr is None or lr > 0, f"optimizer.per_network.{name}.lr must be > 0, got {lr}")
-    from genlab.data import expected_spec
+    from genlab.data import expected_spec, sized
 
     spec = expected_spec(cfg.dataset)
+    if not sized(cfg.dataset):  # n_train/n_test size generated data (the toy mixtures, stacked); files would ignore them
+        for key, hint in (("n_train", "dataset.limit={} (the first {} training examples)"),
+                          ("n_test", "the dataset's own test split (its size is fixed)")):
+            value, default = cfg.dataset.get(key), getattr(DatasetConfig, key)
+            _check(value is None or value == default,
+                   f"dataset.{key}={value} sizes generated datasets (grid25, ring8, stacked_*); {cfg.dataset.name} "
+                   "is read from files: use " + hint.format(value, value))
     attach_first_stage(cfg)
     mcfg = typed_model_config(cfg)
     problem = model_class(cfg).check(mcfg, spec)

@@ -59,6 +59,10 @@ def test_trainer_types_are_checked_at_compose_time():
     (["model.z_dim=abc"], "z_dim"),
     (["model=realnvp", "model.n_scales=4"], "n_scales"),
     (["model=vae", "model.decoder_dist=poisson"], "decoder_dist"),
+    (["dataset=fashion_mnist", "dataset.n_train=2000"], r"dataset.n_train=2000 sizes generated datasets .* use "
+                                                        r"dataset.limit=2000"),
+    (["dataset=mnist", "dataset.n_test=50"], "dataset.n_test=50 sizes generated datasets"),
+    (["trainer.recipe=gpu"], "trainer.recipe must be one of auto, paper, cpu; got gpu"),
 ])
 def test_semantic_validation(overrides, message):
     with pytest.raises(GenlabError, match=message):
@@ -74,6 +78,11 @@ REFUSED = {
     ("vqvae_prior", "grid25"): "needs model.vqvae_run", ("vqvae_prior", "fashion_mnist"): "needs model.vqvae_run",
 }
 SECOND_STAGES = {"vqvae_prior"}
+
+
+def test_generated_datasets_take_their_sizes():
+    validate(compose(["dataset=grid25", "dataset.n_train=2000", "dataset.n_test=100"]))
+    validate(compose(["model=dcgan", "dataset=stacked_fashion_mnist", "dataset.n_train=2000"]))
 
 
 def test_valid_configs_pass_validation():

@@ -10,7 +10,7 @@ from genlab.errors import GenlabError
 if TYPE_CHECKING:
     from genlab.data.base import Data, Spec
 
-__all__ = ["Data", "Spec", "build", "check", "expected_spec", "full_dataset"]
+__all__ = ["Data", "Spec", "build", "check", "expected_spec", "full_dataset", "sized"]
 
 
 def __getattr__(name: str):
@@ -35,6 +35,11 @@ def _loader(cfg):
 def build(cfg, device="cpu", seed: int = 0) -> Data:
     """Load the dataset described by cfg and move it to `device`."""
     return _loader(cfg)(cfg, seed=seed).to(device)
+
+
+def sized(cfg) -> bool:
+    """Whether the dataset is generated to dataset.n_train / n_test examples (a loader says so by `sized`)."""
+    return bool(getattr(_loader(cfg), "sized", False))
 
 
 def expected_spec(cfg) -> Spec:

@@ -65,5 +65,6 @@ def _check(cfg) -> None:
     check_present(base_config(cfg))
 
 
+stacked.sized = True  # dataset.n_train / n_test examples are generated
 stacked.spec = _spec
 stacked.check = _check

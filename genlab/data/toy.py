@@ -63,6 +63,7 @@ def mixture(cfg, seed: int = 0) -> Data:
                 centers=centers_fn().float(), std=std, extent=extent)
 
 
+mixture.sized = True  # dataset.n_train / n_test examples are generated
 mixture.spec = lambda cfg: Spec("points", (2,), None)
 mixture.check = lambda cfg: None  # generated: nothing to find on disk
 
@@ -83,5 +84,6 @@ def toy1d(cfg, seed: int = 0) -> Data:
                 centers=torch.tensor([[mean]]), std=std, extent=max(TOY1D_EXTENT, abs(mean) + 2))
 
 
+toy1d.sized = True  # dataset.n_train / n_test examples are generated
 toy1d.spec = lambda cfg: Spec("points", (1,), None)
 toy1d.check = lambda cfg: None
