@@ -31,6 +31,7 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
         ev = json.loads((job / "eval.json").read_text())
         st = json.loads((job / "status.json").read_text())
         assert row["status"] == "done" and st["stopped_by"] == "max_time" and st["train_time"] >= 2.0
+        assert row["recipe"] == "paper"  # the conftest's GENLAB_RECIPE, as each run's checkpoint records it
         fid = next(v for k, v in ev["values"].items() if k.startswith("fid["))
         assert math.isclose(float(row["fid_mean"]), fid, rel_tol=1e-9)
         assert ev["num_samples"] == 64

@@ -327,7 +327,7 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
     step = job_state(job).get("step")
     try:
         info = json.loads(meta.read_text())
-        if info["step"] == step:
+        if info["step"] == step and "recipe" in info:
             return Image.open(png).convert("RGB"), info["seconds_per_1000"]
     except (OSError, ValueError, KeyError):
         pass
@@ -354,7 +354,8 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
         per_1k = (time.perf_counter() - t0) * 1000 / m
     png.parent.mkdir(parents=True, exist_ok=True)
     viz.save_png(img, png)
-    meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k, "translates": bool(model.translates)}) + "\n")
+    meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k, "translates": bool(model.translates),
+                                "recipe": str(OmegaConf.select(run.cfg, "trainer.recipe", default="paper"))}) + "\n")
     return Image.open(png).convert("RGB"), per_1k
 
 
@@ -367,14 +368,14 @@ def scored(job: Path, st: dict, samples: int | None):
 
     try:
         info = json.loads((job / "samples" / "zoo_sampling.json").read_text())
-        if info["step"] != st.get("step") or "translates" not in info:
+        if info["step"] != st.get("step") or "translates" not in info or "recipe" not in info:
             return None
         ev = None
         if not info["translates"]:
             ev = json.loads((job / "eval.json").read_text())
             if ev["step"] != st.get("step") or (samples is not None and ev["num_samples"] != samples):
                 return None
-        return ev, Image.open(job / "samples" / "zoo_tile.png").convert("RGB"), info["seconds_per_1000"]
+        return ev, Image.open(job / "samples" / "zoo_tile.png").convert("RGB"), info["seconds_per_1000"], info["recipe"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -404,7 +405,7 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
                "steps": st.get("step"), "train_s": st.get("train_time"), "values": {}}
         cached = scored(job, st, samples)
         if st["state"] == "done" and cached is not None:  # nothing to recompute: no checkpoint needed
-            ev, tile, per_1k = cached
+            ev, tile, per_1k, rec["recipe"] = cached
             if ev is not None:
                 rec["values"] = dict(ev["values"])
                 protocol.setdefault(c.dataset, ev)
@@ -421,6 +422,7 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
                     protocol.setdefault(c.dataset, ev)
                 tile, per_1k = gallery_tile(job)
                 rec["s_per_1k_samples"] = per_1k
+                rec["recipe"] = str(OmegaConf.select(run.cfg, "trainer.recipe", default="paper"))
                 tiles.setdefault((c.label, c.dataset), tile)
             except (GenlabError, OSError, RuntimeError, ValueError) as e:
                 rec["state"], rec["error"] = "failed", f"evaluation: {first_line(e)}"
@@ -453,7 +455,9 @@ def rows(cells: list[Cell], columns: list[str]) -> list[dict]:
         for j in c.jobs:
             states[j["state"]] = states.get(j["state"], 0) + 1
         errors = [j["error"] for j in c.jobs if j["state"] != "done" and j["error"]]
+        recipes = sorted({j["recipe"] for j in done if j.get("recipe")})
         row = {"label": c.label, "model": c.model, "dataset": c.dataset, "seeds": len(c.seeds),
+               "recipe": ",".join(recipes) or "-",
                "status": "done" if len(done) == len(c.jobs) else ", ".join(f"{n} {s}" for s, n in sorted(states.items())),
                "error": errors[0] if errors else ""}
         for j in done:
@@ -478,12 +482,13 @@ def write_csv(path: Path, table: list[dict], columns: list[str]) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         cols = [*TIMES, *columns]
-        w.writerow(["model", "dataset", "seeds", "status", "error", *[f"{c}_{s}" for c in cols for s in ("mean", "std", "n")]])
+        w.writerow(["model", "dataset", "seeds", "recipe", "status", "error",
+                    *[f"{c}_{s}" for c in cols for s in ("mean", "std", "n")]])
         for r in table:
             vals = []
             for c in cols:
                 vals += list(r[c]) if r[c] is not None else ["", "", 0]
-            w.writerow([r["label"], r["dataset"], r["seeds"], r["status"], r["error"], *vals])
+            w.writerow([r["label"], r["dataset"], r["seeds"], r["recipe"], r["status"], r["error"], *vals])
 
 
 def machine() -> str:
@@ -536,14 +541,14 @@ def floor_rows(protocol: dict, columns: list[str]) -> list[dict]:
 
 
 def markdown(table: list[dict], floors: list[dict], columns: list[str], header: list[str]) -> str:
-    head = ["model", "dataset", "seeds", "steps", "steps/s", "train s", *columns, "s / 1k samples", "status"]
+    head = ["model", "dataset", "seeds", "recipe", "steps", "steps/s", "train s", *columns, "s / 1k samples", "status"]
     lines = header + ["", "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in floors:
-        lines.append("| " + " | ".join([f"*{r['label']}*", r["dataset"], "", "", "", "",
+        lines.append("| " + " | ".join([f"*{r['label']}*", r["dataset"], "", "", "", "", "",
                                         *(fmt(r[c]) for c in columns), "", ""]) + " |")
     for r in table:
         status = r["status"] + (f": {r['error']}" if r["error"] else "")
-        lines.append("| " + " | ".join([r["label"], r["dataset"], str(r["seeds"]), fmt(r["steps"], 6),
+        lines.append("| " + " | ".join([r["label"], r["dataset"], str(r["seeds"]), r["recipe"], fmt(r["steps"], 6),
                                         fmt(r["steps_per_s"], 3), fmt(r["train_s"], 4),
                                         *(fmt(r[c]) for c in columns), fmt(r["s_per_1k_samples"], 3),
                                         status.replace("|", "/")]) + " |")
