@@ -168,3 +168,41 @@ def test_cyclegan_is_the_template_over_two_pairs(registered):
     steps = {s.name: s for s in model.schedule()}
     assert steps["discriminator"].after == model.after_discriminator and steps["generator"].after == model.update_ema
     assert model.sampler is model.generator_ema  # the template's EMA, over both generators
+
+
+def _small_cyclegan(*over):
+    from genlab.config import build_model
+
+    cfg = compose(["model=cyclegan", "model.generator.base_channels=4", "model.generator.n_blocks=1",
+                   "model.discriminator.base_channels=4", "model.discriminator.n_layers=1", "model.pool_size=0", *over])
+    return build_model(cfg, Spec("image", (1, 16, 16), None, domains=2))
+
+
+def test_cyclegan_takes_lecam_with_anchors_per_discriminator():
+    """LeCam is the template's regulariser on each of CycleGAN's two discriminators, each with its own anchors;
+    on the first step (anchors 0) R_LC is E[D(real)^2] + E[D(fake)^2] of that D."""
+    model = _small_cyclegan("model.lecam_weight=0.5")
+    keys = {k for k in model.state_dict() if k.startswith("lecam.")}
+    assert keys == {f"lecam.{d}.anchor_{s}" for d in "ab" for s in ("real", "fake")}
+    a, b = torch.rand(4, 1, 16, 16) * 2 - 1, torch.rand(4, 1, 16, 16) * 2 - 1
+    model.generator_step(Batch(a, b), CTX)
+    fakes = dict(model._fakes)
+    with torch.no_grad():
+        expect = {k: model.discriminator[k](r).pow(2).mean() + model.discriminator[k](fakes[k]).pow(2).mean()
+                  for k, r in (("a", a), ("b", b))}
+        d_real_b = model.discriminator["b"](b).mean()
+    loss, logs = model.discriminator_step(Batch(a, b), CTX)
+    for k in "ab":
+        assert torch.allclose(logs[f"D_{k}_lecam"], expect[k], rtol=1e-5)
+    assert torch.allclose(model.lecam["b"].anchor_real, (1 - 0.99) * d_real_b, rtol=1e-5)
+    assert not torch.equal(model.lecam["a"].anchor_real, model.lecam["b"].anchor_real)
+
+
+def test_cyclegan_packs_its_discriminators_inputs():
+    model = _small_cyclegan("model.pack=2")
+    first = next(m for m in model.discriminator["a"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.in_channels == 2  # two 1-channel images joined along channels
+    x = torch.rand(6, 1, 16, 16)
+    assert model.discriminate(x, "a")[0].shape[0] == 3  # one patch map per pack
+    loss, logs = model.discriminator_step(Batch(x, x.flip(0)), CTX)
+    assert torch.isfinite(loss)

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from genlab.models.base import Batch, Step, StepContext
-from genlab.models.gan import GAN, AdversarialConfig
-from genlab.models.penalties import lazy_r1, penalty_terms, r1_term
+from genlab.models.gan import GAN, AdversarialConfig, Side
+from genlab.models.penalties import lazy_r1, lecam, r1_term
 from genlab.nets.image2image import PatchDiscriminator, ResnetGenerator, halvings, patch_output_size
 from genlab.nets.spectral import apply_spectral_norm
 
@@ -86,7 +86,7 @@ class CycleGAN(GAN):
 
     Config = CycleGANConfig
     translates = True
-    packs = False  # each domain's PatchGAN judges one image (packing two-domain batches is not built)
+    packs = True  # model.pack=m: each domain's PatchGAN judges m images joined along channels
 
     @classmethod
     def check(cls, cfg, spec) -> str | None:
@@ -96,8 +96,6 @@ class CycleGAN(GAN):
         problem = cls.game_problem(cfg, spec)
         if problem:
             return problem
-        if cfg.lecam_weight > 0:
-            return "model.lecam_weight > 0 is not built for cyclegan (its two discriminators need anchors each); leave it 0"
         if min(cfg.cycle_weight, cfg.identity_weight, cfg.adversarial_weight) < 0 or cfg.pool_size < 0:
             return "model.cycle_weight, identity_weight, adversarial_weight and pool_size must be >= 0"
         c, h, w = spec.shape
@@ -110,6 +108,8 @@ class CycleGAN(GAN):
     def __init__(self, cfg, spec):
         super().__init__(cfg, spec)
         self.pools = nn.ModuleDict({k: ImagePool(cfg.pool_size, spec.shape) for k in DOMAINS})
+        if self.lecam is not None:  # LeCam's anchors are one discriminator's outputs: a pair per domain
+            self.lecam = nn.ModuleDict({k: lecam(cfg) for k in DOMAINS})
         self._fakes: dict[str, torch.Tensor] = {}
 
     def build_networks(self, cfg, spec):
@@ -118,7 +118,7 @@ class CycleGAN(GAN):
         gens = nn.ModuleDict({k: ResnetGenerator(c, c, g.base_channels, g.n_blocks, g.norm, image_size=size)
                               for k in DIRECTIONS})
         # discriminator["a"] = D_A judges domain A (real a vs F(b)); ["b"] = D_B (real b vs G(a)).
-        discs = nn.ModuleDict({k: PatchDiscriminator(c, d.base_channels, d.n_layers, d.norm, image_size=size)
+        discs = nn.ModuleDict({k: PatchDiscriminator(c * cfg.pack, d.base_channels, d.n_layers, d.norm, image_size=size)
                                for k in DOMAINS})
         if d.spectral_norm:
             apply_spectral_norm(discs)
@@ -173,7 +173,9 @@ class CycleGAN(GAN):
             fake = self.pools[k].query(self._fakes[k])
             d_real, d_fake = self.discriminate(real[k], k)[0], self.discriminate(fake, k)[0]
             lk = self.loss.discriminator(d_real, d_fake)
-            penalty, more = penalty_terms(self.cfg, lambda x, k=k: self.discriminate(x, k)[0], real[k], fake, ctx)
+            penalty, more = self.regularisers(lambda x, k=k: self.discriminate(x, k)[0], Side(real[k], k, d_real, None),
+                                              Side(fake, k, d_fake, None), ctx,
+                                              self.lecam[k] if self.lecam is not None else None)
             loss = loss + lk + penalty
             logs[f"D_{k}_loss"] = lk.detach()
             logs[f"D_{k}_real"] = d_real.detach().float().mean()
@@ -188,7 +190,7 @@ class CycleGAN(GAN):
         """The lazy R1 step (StyleGAN2) on both discriminators, scaled by the interval it runs at."""
         loss, logs = 0.0, {}
         for k, real in (("a", batch.x), ("b", batch.y)):
-            r1, more = r1_term(self.cfg, lambda x, k=k: self.discriminate(x, k)[0], real, ctx)
+            r1, more = r1_term(self.cfg, lambda x, k=k: self.discriminate(x, k)[0], real, ctx, group=self.cfg.pack)
             loss = loss + r1
             logs.update({f"D_{k}_{name}": v for name, v in more.items()})
         return loss, logs

@@ -249,14 +249,19 @@ class GAN(Model):
         if more:
             logs["adversarial"] = loss.detach()
             logs.update(more)
-        penalty, more = penalty_terms(self.cfg, lambda x: self.discriminate(x, real.cond)[0], real.x, fake.x, ctx,
-                                      group=self.cfg.pack)
+        penalty, more = self.regularisers(lambda x: self.discriminate(x, real.cond)[0], real, fake, ctx, self.lecam)
         logs.update(more)
-        if self.lecam is not None:
-            reg = self.lecam(real.d, fake.d)
+        return loss + extra + penalty, logs
+
+    def regularisers(self, critic, real: "Side", fake: "Side", ctx: StepContext, anchors) -> tuple[Any, dict]:
+        """One discriminator's regularisers and their logs, written once for every D (CycleGAN has two):
+        the gradient penalties on critic (GP, DRAGAN, WGAN-div, non-lazy R1) and LeCam on `anchors`."""
+        penalty, logs = penalty_terms(self.cfg, critic, real.x, fake.x, ctx, group=self.cfg.pack)
+        if anchors is not None:
+            reg = anchors(real.d, fake.d)
             penalty = penalty + self.cfg.lecam_weight * reg
             logs["lecam"] = reg.detach()
-        return loss + extra + penalty, logs
+        return penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
