@@ -219,8 +219,45 @@ def _check(cond: bool, msg: str) -> None:
         raise GenlabError(msg)
 
 
+_VALIDATED: dict[str, DictConfig] = {}  # validate's results in this process, by the config they checked
+
+
+def config_key(cfg: DictConfig) -> str:
+    """The content of a train config's model, dataset, optimizer, trainer and seed as written, with the
+    environment its interpolations read (GENLAB_*): equal keys resolve to equal runs. Unresolved, because
+    resolving the interpolations costs more than the checks it would save."""
+    import json
+    import os
+
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=False) if isinstance(cfg[k], DictConfig) else cfg[k]
+             for k in ("model", "dataset", "optimizer", "trainer", "seed") if k in cfg}
+    parts["env"] = sorted((k, v) for k, v in os.environ.items() if k.startswith("GENLAB_"))
+    return json.dumps(parts, sort_keys=True, default=str)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
-    """Semantic checks on a composed train config; returns the typed model config."""
+    """Semantic checks on a composed train config; returns the typed model config.
+
+    The CLI validates every config before Hydra's job starts and the job validates its own: the second
+    call of the same content is handed the first's result (a model trained on another run's model, whose
+    validation copies that run's config in, is validated each time)."""
+    import copy
+
+    key = config_key(cfg) if model_class(cfg).first_stage_key is None else None
+    if key is not None and key in _VALIDATED:
+        mcfg = copy.deepcopy(_VALIDATED[key])
+    else:
+        mcfg = _validate(cfg)
+        if key is not None:
+            if len(_VALIDATED) > 256:  # a long-lived process (tests, a notebook) keeps the recent ones
+                _VALIDATED.clear()
+            _VALIDATED[key] = copy.deepcopy(mcfg)
+    with open_dict(cfg):  # the run record names the recipe its values came from, not "auto"
+        cfg.trainer.recipe = active_recipe(cfg.trainer)
+    return mcfg
+
+
+def _validate(cfg: DictConfig) -> DictConfig:
     t = cfg.trainer
     _check(str(t.recipe) in RECIPES, f"trainer.recipe must be one of {', '.join(RECIPES)}; got {t.recipe}")
     _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")

@@ -127,6 +127,23 @@ def check_resume(cfg: DictConfig) -> None:
     if problem:
         raise GenlabError(f"trainer.resume={cfg.trainer.resume}: checkpoint {path} does not match this model/config "
                           f"({problem}); resume with the same model and dataset settings")
+    from genlab.config import config_key
+
+    _CHECKED_MODELS.clear()  # the one this command line will resume (its weights come from the checkpoint)
+    _CHECKED_MODELS[(str(path), config_key(cfg))] = (spec, model)
+
+
+# The model check_resume built to compare with its checkpoint, handed to the job that resumes it (whose
+# weights, buffers and RNG states all come from that checkpoint), so the model is built once.
+_CHECKED_MODELS: dict[tuple[str, str], tuple] = {}
+
+
+def checked_model(cfg: DictConfig, path, spec):
+    """The model check_resume built for this config, checkpoint and data spec (taken), or None."""
+    from genlab.config import config_key
+
+    hit = _CHECKED_MODELS.pop((str(path), config_key(cfg)), None)
+    return hit[1] if hit is not None and hit[0] == spec else None
 
 
 def _data(kind, shape, classes) -> str:

@@ -39,14 +39,10 @@ def train(cfg: DictConfig, run_dir: Path | str | None = None, evaluator=None, st
     """Run one training job described by a composed train config; returns the last logged scalars.
 
     With trainer.objective set, status.objective gets {metric, value, direction} from a final evaluation."""
-    from omegaconf import open_dict
-
-    from genlab.config import active_recipe, validate
+    from genlab.config import validate
     from genlab.engine import distributed
 
-    mcfg = validate(cfg)
-    with open_dict(cfg):  # the run record names the recipe its values came from, not "auto"
-        cfg.trainer.recipe = active_recipe(cfg.trainer)
+    mcfg = validate(cfg)  # also pins trainer.recipe=auto to the recipe it resolves to
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
@@ -79,7 +75,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     if resume == "auto":  # a requeued job continues from its own folder, a new one starts fresh
         resume = run_dir / "checkpoints" / "last.pt" if (run_dir / "checkpoints" / "last.pt").is_file() else None
     if resume:
-        record = ckpt.RunRecord.load(resume)  # the file preflight already read, if it did
+        record = ckpt.RunRecord.take(resume)  # the file preflight already read, if it did
         path, state = record.path, record.state
     if cfg.trainer.deterministic:
         torch.use_deterministic_algorithms(True)
@@ -88,7 +84,10 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     device = dist.device
     data = data_lib.build(cfg.dataset, device, seed=int(cfg.seed))
     torch.set_num_threads(int(threads or default_threads(data.kind)))
-    model = model_class(cfg)(mcfg, data.spec)
+    from genlab.commands.preflight import checked_model
+
+    # a resume reuses the model its pre-flight check built (every weight is then read from the checkpoint)
+    model = (checked_model(cfg, path, data.spec) if path is not None else None) or model_class(cfg)(mcfg, data.spec)
     first_stage = attach_first_stage(cfg)
     if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
         model.load_first_stage(first_stage)

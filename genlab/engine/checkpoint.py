@@ -185,6 +185,14 @@ class RunRecord:
         return _LAST["record"]
 
     @classmethod
+    def take(cls, run, which: str = "last") -> "RunRecord":
+        """RunRecord.load for a caller that resumes from the state: the optimizers' tensors it loads alias
+        the record's and move on with training, so the record is forgotten (a later load reads the file)."""
+        record = cls.load(run, which)
+        _LAST.clear()
+        return record
+
+    @classmethod
     def from_state(cls, state: dict, path) -> "RunRecord":
         """The record of a loaded checkpoint state."""
         s = dict(state.get("spec") or {})
