@@ -139,3 +139,14 @@ def test_mlp_sizes_that_the_recipes_widths_would_hide_are_an_error(env_recipe):
     validate(compose(["model=gan", "dataset=fashion_mnist", "model.generator.widths=[64,64]"]))
     c = OmegaConf.to_container(compose(["experiment=cpu_wgan_gp", "dataset=fashion_mnist"]), resolve=True)
     assert (c["model"]["generator"]["hidden"], c["model"]["generator"]["widths"]) == (512, None)
+
+
+@pytest.mark.parametrize("model,paper,cpu", [("realnvp", (64, 2), (32, 1)), ("glow", (64, 1), (32, 1))])
+def test_multiscale_flows_have_a_cpu_recipe_on_images(model, paper, cpu):
+    def nets(*over):
+        m = OmegaConf.to_container(compose([f"model={model}", *over]), resolve=True)["model"]
+        return m["hidden"], m["n_blocks"]
+
+    assert nets("dataset=fashion_mnist", "trainer.recipe=paper") == paper
+    assert nets("dataset=fashion_mnist", "trainer.recipe=cpu") == cpu
+    assert nets("dataset=grid25", "trainer.recipe=cpu") == paper  # MLP couplings on points: unchanged
