@@ -403,3 +403,41 @@ def test_metrics_agree_on_cuda():
     assert mode_metrics(samples.cuda(), grid25_centers(), GRID25_STD) == pytest.approx(
         mode_metrics(samples, grid25_centers(), GRID25_STD))
     assert memorization_ratio(xc, yc, yc[:50]) == pytest.approx(memorization_ratio(x, y, y[:50]))
+
+
+def test_fid_falls_back_to_eigendecompositions_when_sqrtm_fails(monkeypatch):
+    """tr((S1 S2)^1/2) by symmetric eigendecompositions matches scipy's sqrtm, and FID uses it where
+    sqrtm raises (scipy's 'Internal error in scipy.linalg.sqrtm: -102', met on an early Glow's samples)."""
+    import numpy as np
+    from scipy.linalg import sqrtm
+
+    from genlab.metrics import frechet
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) * 2 + 1
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expect = np.trace(sqrtm(s1 @ s2)).real
+    assert abs(frechet.trace_sqrt_product(s1, s2) - expect) < 1e-8
+    mu1, mu2 = a.mean(0), b.mean(0)
+    normal = frechet.fid_from_stats(mu1, s1, mu2, s2)
+
+    def broken(m):
+        raise np.linalg.LinAlgError("Internal error in scipy.linalg.sqrtm: -102")
+
+    monkeypatch.setattr(frechet, "_sqrtm", broken)
+    assert abs(frechet.fid_from_stats(mu1, s1, mu2, s2) - normal) < 1e-8
+    with pytest.raises(ValueError, match="not finite"):
+        frechet.fid_from_stats(mu1 * np.nan, s1, mu2, s2)
+
+
+def test_non_finite_samples_are_scored_with_a_warning(caplog):
+    from genlab.metrics.evaluator import finite_samples
+
+    x = torch.zeros(5, 1, 2, 2)
+    x[1, 0, 0, 0], x[3, 0, 1, 1], x[3, 0, 0, 1] = float("nan"), float("inf"), -float("inf")
+    with caplog.at_level("WARNING", logger="genlab"):
+        y = finite_samples(x, "glow")
+    assert torch.isfinite(y).all() and y[3, 0, 1, 1] == 1 and y[3, 0, 0, 1] == -1 and y[1, 0, 0, 0] == 0
+    assert "glow drew 2 of 5 samples with NaN or inf values" in caplog.text
+    ok = torch.ones(3, 2)
+    assert finite_samples(ok, "gan") is ok

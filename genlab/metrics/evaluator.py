@@ -47,6 +47,17 @@ class PointFeatures:
         return "points"
 
 
+def finite_samples(x: torch.Tensor, name: str) -> torch.Tensor:
+    """The samples with NaN / inf entries replaced (0, and the data range's ends for +-inf), said in one
+    warning: a model that draws a few non-finite samples (an early Glow) is scored, not a crashed run."""
+    if x.numel() == 0 or bool(torch.isfinite(x).all()):
+        return x
+    bad = int((~torch.isfinite(x.flatten(1))).any(1).sum())
+    log.warning("%s drew %d of %d samples with NaN or inf values; they are scored with those values set to 0 "
+                "(+-inf to +-1)", name, bad, len(x))
+    return torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+
+
 class Evaluator:
     """Evaluate models on a Data: `evaluate(model)`, `floor()`, and `__call__` as the trainer's hook."""
 
@@ -184,8 +195,8 @@ class Evaluator:
         labels = None
         if model.conditional and self.data.num_classes:
             labels = torch.arange(n) % int(self.data.num_classes)
-        return batched_samples(model, n, self.seed, self.settings.batch_size, labels=labels,
-                               **self.settings.sampling), labels
+        x = batched_samples(model, n, self.seed, self.settings.batch_size, labels=labels, **self.settings.sampling)
+        return finite_samples(x, getattr(getattr(model, "cfg", None), "name", "the model")), labels
 
     # ---- scoring one set ----------------------------------------------------------------------
     def score(self, x: torch.Tensor, groups: list[str], target_labels=None, embedded=None,

@@ -55,6 +55,15 @@ def _is_good_sqrt(root: np.ndarray, a: np.ndarray) -> bool:
     return np.linalg.norm(root @ root - a) / scale <= _SQRTM_RESIDUAL_TOL
 
 
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """tr((S1 S2)^1/2) for PSD S1, S2 through symmetric eigendecompositions: it equals tr((A S2 A)^1/2)
+    with A = S1^1/2, whose eigenvalues are real and >= 0 (rounding's negative ones are clipped)."""
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = a @ s2 @ a
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
 def fid_from_stats(mu1, s1, mu2, s2, eps: float = 1e-6) -> float:
     """||mu1 - mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) for Gaussian statistics (torch or numpy)."""
     mu1, mu2 = _to_numpy(mu1).ravel(), _to_numpy(mu2).ravel()
@@ -62,8 +71,15 @@ def fid_from_stats(mu1, s1, mu2, s2, eps: float = 1e-6) -> float:
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {s1.shape} vs {s2.shape}")
+    for name, a in (("mu1", mu1), ("sigma1", s1), ("mu2", mu2), ("sigma2", s2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"the feature statistics ({name}) are not finite; check the samples for NaN or inf")
     product = s1 @ s2
-    covmean = _sqrtm(product)
+    diff = mu1 - mu2
+    try:
+        covmean = _sqrtm(product)
+    except np.linalg.LinAlgError:  # scipy's Schur-based sqrtm fails on some near-singular products
+        return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
     if not _is_good_sqrt(covmean, product):
         offset = np.eye(s1.shape[0]) * eps
         covmean = _sqrtm((s1 + offset) @ (s2 + offset))
@@ -74,7 +90,6 @@ def fid_from_stats(mu1, s1, mu2, s2, eps: float = 1e-6) -> float:
             raise ValueError(f"sqrtm(S1 S2) has a large imaginary component "
                              f"({np.abs(covmean.imag).max():.3g}); the covariances are not PSD")
         covmean = covmean.real
-    diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
 
 
