@@ -150,3 +150,14 @@ def test_multiscale_flows_have_a_cpu_recipe_on_images(model, paper, cpu):
     assert nets("dataset=fashion_mnist", "trainer.recipe=paper") == paper
     assert nets("dataset=fashion_mnist", "trainer.recipe=cpu") == cpu
     assert nets("dataset=grid25", "trainer.recipe=cpu") == paper  # MLP couplings on points: unchanged
+
+
+def test_wgan_gp_cpu_recipe_is_the_one_file_scripts():
+    def get(recipe, dataset="fashion_mnist"):
+        c = OmegaConf.to_container(compose(["model=wgan_gp", f"dataset={dataset}", f"trainer.recipe={recipe}"]),
+                                   resolve=True)
+        return c["optimizer"]["lr"], c["optimizer"]["betas"], c["model"]["discriminator"]["norm"]
+
+    assert get("paper") == (1e-4, [0.0, 0.9], "layer")
+    assert get("cpu") == (2e-4, [0.5, 0.999], "none")
+    assert get("cpu", "grid25") == (1e-4, [0.0, 0.9], "layer")
