@@ -454,7 +454,9 @@ def rows(cells: list[Cell], columns: list[str]) -> list[dict]:
         states: dict[str, int] = {}
         for j in c.jobs:
             states[j["state"]] = states.get(j["state"], 0) + 1
-        errors = [j["error"] for j in c.jobs if j["state"] != "done" and j["error"]]
+        # paths inside the zoo folder are said relative to it, so a committed table names no machine's folders
+        errors = [str(j["error"]).replace(str(c.folder.parents[2]) + os.sep, "")
+                  for j in c.jobs if j["state"] != "done" and j["error"]]
         recipes = sorted({j["recipe"] for j in done if j.get("recipe")})
         row = {"label": c.label, "model": c.model, "dataset": c.dataset, "seeds": len(c.seeds),
                "recipe": ",".join(recipes) or "-",
