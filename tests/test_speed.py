@@ -7,6 +7,8 @@ import shutil
 import pytest
 import torch
 
+from genlab.config import TrainerConfig
+
 from tests.conftest import compose
 
 TOY_GAN = ["model=gan", "dataset=grid25", "trainer=debug", "trainer.progress=false", "trainer.num_threads=1",
@@ -75,7 +77,7 @@ def test_channels_last_converts_the_networks_and_batches():
 
     m = M()
     dist = distributed.Dist(torch.device("cpu"))
-    distributed.prepare_model(m, dist, OmegaConf.create({"channels_last": True}))
+    distributed.prepare_model(m, dist, OmegaConf.structured(TrainerConfig(channels_last=True)))
     assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
     run = distributed.StepRunner(m, dist, channels_last=True)
     seen = run("net", lambda b, ctx: b.x, Batch(torch.randn(2, 3, 8, 8)), None)
@@ -89,4 +91,4 @@ def test_sync_batchnorm_on_cpu_is_a_user_error():
 
     with pytest.raises(GenlabError, match="needs CUDA"):
         distributed.prepare_model(torch.nn.Module(), distributed.Dist(torch.device("cpu")),
-                                  OmegaConf.create({"sync_batchnorm": True}))
+                                  OmegaConf.structured(TrainerConfig(sync_batchnorm=True)))

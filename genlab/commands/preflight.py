@@ -35,7 +35,7 @@ class Preflight:
         from genlab.device import resolve_device
 
         resolve_device(cfg.trainer.device)
-        check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every or cfg.trainer.get("eval_every_time") else None)
+        check_metrics(cfg.trainer.eval_metrics if cfg.trainer.eval_every or cfg.trainer.eval_every_time else None)
         if self._once("optimizer:" + OmegaConf.to_yaml(cfg.optimizer, resolve=True)):
             check_optimizer(cfg.optimizer)
         if self._once("dataset:" + OmegaConf.to_yaml(cfg.dataset, resolve=True)):

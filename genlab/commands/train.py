@@ -91,7 +91,7 @@ def _train(cfg: DictConfig, mcfg, run_dir: Path, evaluator, dist, status, launch
     first_stage = attach_first_stage(cfg)
     if first_stage is not None:  # a resumed run then overwrites these weights with its own copy
         model.load_first_stage(first_stage)
-    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.get("eval_every_time") or cfg.trainer.objective) \
+    if evaluator is None and (cfg.trainer.eval_every or cfg.trainer.eval_every_time or cfg.trainer.objective) \
             and dist.is_main:
         evaluator = default_evaluator(cfg, data)
     trainer = Trainer(cfg, run_dir, evaluator=evaluator, dist=dist)

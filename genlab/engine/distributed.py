@@ -245,7 +245,7 @@ class StepRunner:
 
 def prepare_model(model, dist: Dist, tcfg) -> None:
     """Sync batch norm, channels_last and torch.compile on the model's networks, as trainer.* asks."""
-    if tcfg.get("sync_batchnorm"):
+    if tcfg.sync_batchnorm:
         if dist.device.type != "cuda":
             raise GenlabError("trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); "
                               "leave it false on CPU")
@@ -254,9 +254,9 @@ def prepare_model(model, dist: Dist, tcfg) -> None:
                 converted = nn.SyncBatchNorm.convert_sync_batchnorm(net)
                 if converted is not net:  # the network is a bare batch norm layer
                     raise GenlabError(f"network {k} is a single batch-norm layer; trainer.sync_batchnorm cannot wrap it")
-    if tcfg.get("channels_last"):
+    if tcfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    if tcfg.get("compile"):
+    if tcfg.compile:
         targets = model.compile_targets()
         skipped = sorted(k for k, m in model.networks().items() if m is not model and k not in targets)
         for m in targets.values():

@@ -107,12 +107,12 @@ class Trainer:
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.max_time)
         # The budget's clock: wall seconds, or this process's CPU seconds (a fair budget on a shared machine).
-        self.clock = time.process_time if self.tcfg.get("max_time_clock", "wall") == "cpu" else time.perf_counter
+        self.clock = time.process_time if self.tcfg.max_time_clock == "cpu" else time.perf_counter
         # Evaluation and last.pt by training time as well as by steps: models that differ 100x in steps
         # per second get curves with points at the same training times (genlab zoo) and lose at most
         # that much training when interrupted.
-        self.every_time = {"eval": parse_duration(self.tcfg.get("eval_every_time"), "trainer.eval_every_time"),
-                           "checkpoint": parse_duration(self.tcfg.get("checkpoint_every_time"),
+        self.every_time = {"eval": parse_duration(self.tcfg.eval_every_time, "trainer.eval_every_time"),
+                           "checkpoint": parse_duration(self.tcfg.checkpoint_every_time,
                                                         "trainer.checkpoint_every_time")}
         self._next_time: dict[str, float] = {}
         self.elapsed = 0.0  # wall seconds of earlier segments of this run (restored on resume)
@@ -423,7 +423,7 @@ class Trainer:
             if cap == 0:
                 return
             fixed["n"] = min(fixed["n"], int(cap))
-        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
+        with _side_effect_free(self.model, self.device, self.tcfg.sample_steps):
             fixed["generator"] = torch.Generator(self.device).manual_seed(self.fixed["seed"])
             images = self.model.visuals(fixed, self.data)
         for i, (name, img) in enumerate(images.items()):
@@ -466,7 +466,7 @@ class Trainer:
             self.started += self.clock() - c0
 
     def _evaluate(self) -> dict:
-        with _side_effect_free(self.model, self.device, self.tcfg.get("sample_steps")):
+        with _side_effect_free(self.model, self.device, self.tcfg.sample_steps):
             metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.eval_nll_images,
                                                k=self.tcfg.eval_nll_k))
             if self.evaluator is not None:
