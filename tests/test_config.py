@@ -63,6 +63,10 @@ def test_trainer_types_are_checked_at_compose_time():
                                                         r"dataset.limit=2000"),
     (["dataset=mnist", "dataset.n_test=50"], "dataset.n_test=50 sizes generated datasets"),
     (["trainer.recipe=gpu"], "trainer.recipe must be one of auto, paper, cpu; got gpu"),
+    (["model=ddpm", "dataset=fashion_mnist", "model.net.hidden=512"],
+     "model.net.hidden=512 is not a setting of the unet denoiser on image data .* or set model.net.arch=mlp"),
+    (["model=flow_matching", "dataset=grid25", "model.net.num_res_blocks=3"],
+     "model.net.num_res_blocks=3 is not a setting of the mlp denoiser on points data"),
 ])
 def test_semantic_validation(overrides, message):
     with pytest.raises(GenlabError, match=message):

@@ -104,7 +104,7 @@ class Diffusion(LikelihoodModel):
                         f"{list(net.channel_mult)}); use square images divisible by {2 ** halvings}")
         if spec.kind == "points" and net.arch == "unet":
             return "model.net.arch=unet needs images; use model.net.arch=mlp (or auto) for points"
-        return cls.check_variant(cfg, spec)
+        return nets.denoiser_settings_problem(net, spec.kind, "model.net", DenoiserConfig()) or cls.check_variant(cfg, spec)
 
     @classmethod
     def check_variant(cls, cfg, spec) -> str | None:

@@ -69,14 +69,29 @@ def settings_problem(net_cfg, kind: str, role: str, where: str, defaults) -> str
             if key in items and items[key] != getattr(defaults, key, items[key]):
                 return (f"{where}.{key}={items[key]} has no effect while {where}.widths={list(items['widths'])} is set "
                         f"(the CPU recipe's MLP widths, trainer.recipe); give {where}.widths=[...] or {where}.widths=null")
+    classes = {a: get_class(paths[ROLES.index(role)]) for a, paths in ARCHS.items()}
+    return _unused_setting(items, arch, classes, f"{arch} {role} on {kind} data", where, defaults)
+
+
+def _unused_setting(items: dict, arch: str, classes: dict, what: str, where: str, defaults) -> str | None:
+    """The first setting in `items` that the class of `arch` does not take and that differs from `defaults`."""
+    cls = classes[arch]
     for key, value in items.items():
         if key == "arch" or key in cls.settings or value == getattr(defaults, key, value):
             continue
-        others = [a for a, paths in ARCHS.items() if key in get_class(paths[ROLES.index(role)]).settings]
+        others = [a for a, c in classes.items() if key in c.settings]
         hint = f" or set {where}.arch={others[0]}" if others else ""
-        return (f"{where}.{key}={value} is not a setting of the {arch} {role} on {kind} data (it takes "
+        return (f"{where}.{key}={value} is not a setting of the {what} (it takes "
                 f"{', '.join(cls.settings)}); drop it{hint}")
     return None
+
+
+def denoiser_settings_problem(net_cfg, kind: str, where: str, defaults) -> str | None:
+    """settings_problem for a diffusion model's denoiser: `model.net.hidden=512` on images (the U-Net)
+    is an error, not a silent no-op."""
+    arch = net_cfg.arch if net_cfg.arch != "auto" else ("mlp" if kind == "points" else "unet")
+    classes = {a: get_class(path) for a, path in DENOISERS.items()}
+    return _unused_setting(_items(net_cfg), arch, classes, f"{arch} denoiser on {kind} data", where, defaults)
 
 
 def generator(net_cfg, spec, z_dim: int, **extra):
