@@ -215,3 +215,36 @@ def test_vqvae_refuses_points_and_odd_sizes():
         validate(compose(["model=vqvae", "dataset=grid25"]))
     with pytest.raises(GenlabError, match="ema_decay must be in"):
         validate(compose(["model=vqvae", "dataset=mnist", "model.ema_decay=1.5"]))
+
+
+def _ema_rank(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    q = VectorQuantizer(4, 3, ema_decay=0.9)
+    g = torch.Generator().manual_seed(rank + 1)
+    z = torch.randn(10, 3, generator=g)
+    codes = torch.randint(0, 4, (10,), generator=g)
+    q.ema_update(z, codes)
+    torch.save({"codebook": q.codebook.clone(), "z": z, "codes": codes}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_ema_codebook_updates_sum_over_ranks(tmp_path):
+    """Under DDP the EMA codebook update adds every rank's statistics (an all-reduce): the ranks' codebooks
+    stay equal, and equal one process's update on the whole global batch."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ema_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["codebook"], r1["codebook"])
+    torch.manual_seed(0)
+    single = VectorQuantizer(4, 3, ema_decay=0.9)
+    single.ema_update(torch.cat([r0["z"], r1["z"]]), torch.cat([r0["codes"], r1["codes"]]))
+    assert torch.allclose(single.codebook, r0["codebook"], atol=1e-6)

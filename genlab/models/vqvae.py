@@ -91,8 +91,13 @@ class VectorQuantizer(nn.Module):
         g = self.ema_decay
         onehot = F.one_hot(codes.flatten(), self.k).to(self.ema_sum.dtype)
         flat = z.reshape(-1, self.dim).to(self.ema_sum.dtype)
-        self.ema_count.mul_(g).add_(onehot.sum(0), alpha=1 - g)
-        self.ema_sum.mul_(g).add_(onehot.T @ flat, alpha=1 - g)
+        counts, sums = onehot.sum(0), onehot.T @ flat
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # under DDP every rank adds the whole global batch's statistics, so the codebooks stay equal
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.ema_count.mul_(g).add_(counts, alpha=1 - g)
+        self.ema_sum.mul_(g).add_(sums, alpha=1 - g)
         n = self.ema_count.sum()
         count = (self.ema_count + self.epsilon) / (n + self.k * self.epsilon) * n
         self.codebook.copy_(self.ema_sum / count.unsqueeze(1))
