@@ -243,12 +243,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     validation copies that run's config in, is validated each time)."""
     import copy
 
-    key = config_key(cfg) if model_class(cfg).first_stage_key is None else None
-    if key is not None and key in _VALIDATED:
+    key = config_key(cfg)
+    if key in _VALIDATED:  # only results of models without a first stage are kept
         mcfg = copy.deepcopy(_VALIDATED[key])
     else:
-        mcfg = _validate(cfg)
-        if key is not None:
+        mcfg = _validate(cfg)  # its cheap checks come first: a bad trainer value fails before any model import
+        if model_class(cfg).first_stage_key is None:
             if len(_VALIDATED) > 256:  # a long-lived process (tests, a notebook) keeps the recent ones
                 _VALIDATED.clear()
             _VALIDATED[key] = copy.deepcopy(mcfg)

@@ -4,7 +4,8 @@
 
 Copies zoo.md, zoo.csv and the PNGs of SRC, and of every job under SRC/runs/ its status.json,
 eval.json, eval_history.jsonl, .hydra/overrides.yaml and samples/zoo_tile.png + zoo_sampling.json
-(a few tens of KB a job instead of its checkpoints' megabytes). Copied back into a zoo.out, the jobs
+(a few tens of KB a job instead of its checkpoints' megabytes), with the paths in those records made
+relative to the zoo folder (and the home folder written ~), so the copy names no machine's folders. Copied back into a zoo.out, the jobs
 count as finished: `genlab zoo zoo.out=DST` trains only what is missing and rebuilds the table.
 """
 
@@ -20,12 +21,27 @@ PER_JOB = ("status.json", "eval.json", "eval_history.jsonl", ".hydra/overrides.y
            "samples/zoo_sampling.json")
 
 
+TEXT = (".json", ".jsonl", ".yaml")
+
+
+def _copy_file(f: Path, target: Path, src: Path) -> None:
+    """Copy one file; in text records, paths inside the zoo folder become relative to it and the home
+    folder becomes ~, so the copy names no machine's folders."""
+    if f.suffix not in TEXT:
+        shutil.copy2(f, target)
+        return
+    text = f.read_text()
+    for folder in {str(src.resolve()), str(src.absolute())}:
+        text = text.replace(folder + "/", "").replace(folder, ".")
+    target.write_text(text.replace(str(Path.home()) + "/", "~/"))
+
+
 def copy(src: Path, dst: Path) -> int:
     n = 0
     for pattern in TOP:
         for f in src.glob(pattern):
             dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(f, dst / f.name)
+            _copy_file(f, dst / f.name, src)
             n += 1
     for status in sorted(src.glob("runs/**/status.json")):
         job = status.parent
@@ -34,7 +50,7 @@ def copy(src: Path, dst: Path) -> int:
             if f.is_file():
                 target = dst / job.relative_to(src) / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, target)
+                _copy_file(f, target, src)
                 n += 1
     return n
 

@@ -243,7 +243,9 @@ CASES = {
     # ---- sweeps: every value is checked before job 0 ---------------------------------------------
     "sweep bad device": (["train", "-m", *TOY, "trainer.device=cpu,cuda:99"], "trainer.device=cuda:99"),
     "sweep bad lr": (["train", "-m", *TOY, "optimizer.lr=0.001,-1"], "optimizer.lr must be > 0"),
-    "sweep missing dataset": (["train", "-m", *TOY, "dataset=grid25,mnist", "dataset.root=nodata",
+    # (no dataset.n_train here: on mnist it is now an error of its own, no longer silently ignored)
+    "sweep missing dataset": (["train", "-m", "trainer=debug", "trainer.progress=false", "dataset=grid25,mnist",
+                               "dataset.root=nodata",
                                "dataset.download=false"], "dataset mnist not found"),
     "sweep unknown model": (["train", "-m", *TOY, "model=gan,nope"], "unknown model 'nope'"),
     "sweep sgd with betas": (["train", "-m", "model=gan", *TOY, "optimizer=adam,sgd", "optimizer.betas=[0.5,0.9]"],

@@ -85,7 +85,8 @@ def test_cfg_answers_exactly_as_hydra_does(flags, tmp_path):
     args = ["train", *flags, "model=gan", "dataset=ring8"]
     code = ("import sys\nfrom genlab.cli import info_app\n"
             f"sys.argv = ['genlab-train', *{args[1:]!r}]\ninfo_app('train')()\n")
-    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GENLAB_OUTPUTS": "out"}
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GENLAB_OUTPUTS": "out",
+           "GENLAB_RECIPE": "paper"}  # both sides resolve trainer.recipe from the same environment
     hydra = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                            env=env)
     ours = run_cli(args, tmp_path, env=env)
