@@ -91,7 +91,7 @@ RECIPES = ("auto", "paper", "cpu")
 
 def active_recipe(trainer) -> str:
     """paper or cpu: trainer.recipe, where auto is cpu when the run's device is the CPU (the papers'
-    recipes on an accelerator, one that learns fast per CPU-second on a laptop; docs/performance.md)."""
+    recipes on an accelerator, one that learns fast per CPU-second on a laptop; docs/fast-feedback.md)."""
     recipe, device = str(trainer.recipe), str(trainer.device)
     if recipe != "auto":
         return recipe
@@ -102,26 +102,31 @@ def active_recipe(trainer) -> str:
     return "cpu" if device == "cpu" else "paper"
 
 
-def _recipe_value(paper, cpu, *, _root_):
-    """${recipe:PAPER,CPU} in a model file: the paper's value, or the CPU recipe's (trainer.recipe) on
-    image data; point data's networks are CPU-sized in every recipe, so they take the paper's value."""
-    trainer, dataset = _root_.get("trainer"), _root_.get("dataset")
+def _cpu_recipe_applies(root) -> bool:
+    """Whether a model file's ${recipe:...} values take their CPU side: trainer.recipe resolves to cpu and
+    the data are images (point data's networks are CPU-sized in every recipe, so they keep the paper's)."""
+    trainer, dataset = root.get("trainer"), root.get("dataset")
     if trainer is None or trainer.get("recipe") is None or dataset is None or not dataset.get("_target_"):
-        return paper
+        return False
     recipe = active_recipe(trainer)
     if recipe not in ("paper", "cpu"):
         raise GenlabError(f"trainer.recipe must be one of {', '.join(RECIPES)}; got {trainer.recipe}")
     if recipe == "paper":
-        return paper
+        return False
     from genlab.data import expected_spec
 
-    return cpu if expected_spec(dataset).kind == "image" else paper
+    return expected_spec(dataset).kind == "image"
+
+
+def _recipe_value(paper, cpu, *, _root_):
+    """${recipe:PAPER,CPU} in a model file: the paper's value, or the CPU recipe's (trainer.recipe)."""
+    return cpu if _cpu_recipe_applies(_root_) else paper
 
 
 def _recipe_mlp_value(paper, cpu, *, _parent_, _root_):
     """${recipe_mlp:PAPER,CPU} in a network's settings: the CPU recipe's value only where that network
     is an MLP (model.generator.arch=conv on a CPU then takes no MLP widths it would reject)."""
-    return cpu if _parent_.get("arch") == "mlp" and _recipe_value(paper, cpu, _root_=_root_) == cpu else paper
+    return cpu if _parent_.get("arch") == "mlp" and _cpu_recipe_applies(_root_) else paper
 
 
 def register_resolvers() -> None:
