@@ -293,6 +293,11 @@ def sample_steps(run) -> int | None:
     return int(n) if n and "steps" in run.model.sample_options else None
 
 
+def run_recipe(run) -> str:
+    """The recipe a run trained (its record's trainer.recipe; runs from before recipes had the paper's)."""
+    return str(OmegaConf.select(run.cfg, "trainer.recipe", default="paper"))
+
+
 def evaluate_job(job: Path, samples: int | None, slow: bool, nll: list[str]) -> dict:
     """genlab eval of one finished job (skipped when its eval.json is of the same step and sample count);
     `nll` holds any further eval overrides (the NLL bounds, a diffusion model's steps=)."""
@@ -355,7 +360,7 @@ def gallery_tile(job: Path, seconds_samples: int = 1000) -> tuple[object, float 
     png.parent.mkdir(parents=True, exist_ok=True)
     viz.save_png(img, png)
     meta.write_text(json.dumps({"step": step, "seconds_per_1000": per_1k, "translates": bool(model.translates),
-                                "recipe": str(OmegaConf.select(run.cfg, "trainer.recipe", default="paper"))}) + "\n")
+                                "recipe": run_recipe(run)}) + "\n")
     return Image.open(png).convert("RGB"), per_1k
 
 
@@ -422,7 +427,7 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
                     protocol.setdefault(c.dataset, ev)
                 tile, per_1k = gallery_tile(job)
                 rec["s_per_1k_samples"] = per_1k
-                rec["recipe"] = str(OmegaConf.select(run.cfg, "trainer.recipe", default="paper"))
+                rec["recipe"] = run_recipe(run)
                 tiles.setdefault((c.label, c.dataset), tile)
             except (GenlabError, OSError, RuntimeError, ValueError) as e:
                 rec["state"], rec["error"] = "failed", f"evaluation: {first_line(e)}"
