@@ -13,6 +13,12 @@ generator step), `mlp` on the 25-Gaussian grid (256-wide MLPs, batch 256) and `c
 with taskset to one core, one thread; bare and Trainer alternate (A B, B A, ...) so slow drifts of
 a shared machine hit both. Printed: steps per CPU second of each run, min/median/max, and the
 ratio Trainer/bare of the medians (the headline) and of the best runs.
+
+Three sides, not two: `bare` is the plain loop under glibc's malloc defaults (what a user's own
+script gets), `bare+mem` the same loop after genlab's `keep_freed_memory()` (engine/memory.py), so
+that the Trainer/bare+mem ratio is the loop's own overhead alone and Trainer/bare what a user sees.
+Both nets run the papers' recipe (GENLAB_RECIPE=paper): on a CPU, trainer.recipe=auto would swap
+the conv nets for the CPU recipe's MLPs.
 """
 
 from __future__ import annotations
@@ -114,7 +120,14 @@ def child(net: str, kind: str, steps: int, log_every: int | None) -> None:
 
     torch.set_num_threads(1)
     cfg, data, model = setup(net, log_every)
-    fn = bare_loop if kind == "bare" else trainer_loop
+    if kind == "bare+mem":
+        import importlib.util  # this checkout's memory policy, also when measuring an older genlab
+
+        spec = importlib.util.spec_from_file_location("_memory", REPO / "genlab" / "engine" / "memory.py")
+        memory = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(memory)
+        memory.keep_freed_memory()
+    fn = trainer_loop if kind == "trainer" else bare_loop
     c0, t0 = time.process_time(), time.perf_counter()
     fn(model, data, cfg, steps)
     print(json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - t0}))
@@ -181,7 +194,8 @@ def cpu_model() -> str:
 
 
 def run_child(args, net: str, kind: str, steps: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(args.pythonpath).resolve()), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(args.pythonpath).resolve()), "OMP_NUM_THREADS": "1",
+           "GENLAB_RECIPE": "paper"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", f"{net}:{kind}", "--steps", str(steps)]
     if args.log_every is not None:
         cmd += ["--log-every", str(args.log_every)]
@@ -220,19 +234,26 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     for net in args.nets.split(","):
         steps = args.steps or NETS[net][1]
-        sps: dict[str, list[float]] = {"bare": [], "trainer": []}
+        sides = ("bare", "bare+mem", "trainer")
+        sps: dict[str, list[float]] = {k: [] for k in sides}
         print(f"\n## {net}: {' '.join(NETS[net][0])}, {steps} steps per run (steps per CPU second; wall in brackets)")
         for r in range(args.repeats):
-            for kind in ("bare", "trainer") if r % 2 == 0 else ("trainer", "bare"):
+            for kind in sides if r % 2 == 0 else sides[::-1]:
                 t = run_child(args, net, kind, steps)
                 sps[kind].append(steps / t["cpu"])
-                print(f"  run {r + 1} {kind:<8}{steps / t['cpu']:8.3f}  ({steps / t['wall']:.3f})", flush=True)
+                print(f"  run {r + 1} {kind:<9}{steps / t['cpu']:8.3f}  ({steps / t['wall']:.3f})", flush=True)
         for kind in sps:
-            print(f"  {kind:<8}{stats(sps[kind])}")
-        med = statistics.median(sps["trainer"]) / statistics.median(sps["bare"])
-        best = max(sps["trainer"]) / max(sps["bare"])
-        print(f"  ratio Trainer/bare: {med:.3f} (medians), {best:.3f} (best runs); load average "
-              f"{os.getloadavg()[0]:.2f}")
+            print(f"  {kind:<9}{stats(sps[kind])}")
+        for base in ("bare", "bare+mem"):
+            med = statistics.median(sps["trainer"]) / statistics.median(sps[base])
+            best = max(sps["trainer"]) / max(sps[base])
+            # A shared VM's clock drifts by several per cent within minutes; the runs of one round are
+            # adjacent, so the median of the rounds' own ratios cancels most of the drift.
+            paired = sorted(t / b for t, b in zip(sps["trainer"], sps[base]))
+            print(f"  ratio Trainer/{base}: {med:.3f} (medians), {best:.3f} (best runs), "
+                  f"{statistics.median(paired):.3f} (median of the {len(paired)} rounds' ratios; "
+                  f"range {paired[0]:.3f}-{paired[-1]:.3f})")
+        print(f"  load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
