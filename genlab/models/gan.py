@@ -185,7 +185,7 @@ class GAN(Model):
         """
         x = self.augment(x)
         # Packing (PacGAN) joins m augmented samples here, before D's heads see them: one score per pack.
-        x = pack(x, self.cfg.pack)
+        x = pack(x, self.hot.pack)
         return self.features(x, cond) if features else self.heads(x, cond)
 
     def update_ema(self, logs: dict | None = None) -> None:
@@ -223,7 +223,7 @@ class GAN(Model):
         return steps
 
     def latent_shape(self):
-        return (self.cfg.z_dim,)
+        return (self.hot.z_dim,)
 
     @property
     def device(self) -> torch.device:
@@ -256,17 +256,17 @@ class GAN(Model):
     def regularisers(self, critic, real: "Side", fake: "Side", ctx: StepContext, anchors) -> tuple[Any, dict]:
         """One discriminator's regularisers and their logs, written once for every D (CycleGAN has two):
         the gradient penalties on critic (GP, DRAGAN, WGAN-div, non-lazy R1) and LeCam on `anchors`."""
-        penalty, logs = penalty_terms(self.cfg, critic, real.x, fake.x, ctx, group=self.cfg.pack)
+        penalty, logs = penalty_terms(self.hot, critic, real.x, fake.x, ctx, group=self.hot.pack)
         if anchors is not None:
             reg = anchors(real.d, fake.d)
-            penalty = penalty + self.cfg.lecam_weight * reg
+            penalty = penalty + self.hot.lecam_weight * reg
             logs["lecam"] = reg.detach()
         return penalty, logs
 
     def r1_step(self, batch: Batch, ctx: StepContext):
         """The lazy R1 step (StyleGAN2): R1 alone, scaled by the interval it runs at."""
         cond = self.real_condition(batch)
-        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx, group=self.cfg.pack)
+        return r1_term(self.cfg, lambda x: self.discriminate(x, cond)[0], batch.x, ctx, group=self.hot.pack)
 
     def generator_step(self, batch: Batch, ctx: StepContext):
         x, cond = self.fake(len(batch))
@@ -275,7 +275,7 @@ class GAN(Model):
         if self.loss.generator_needs_real:
             d_real = self.discriminate(batch.x, self.real_condition(batch))[0].detach()
         scored, logs = fake.d, {}
-        if self.cfg.topk is not None:
+        if self.hot.topk is not None:
             c = self.cfg
             k = topk_count(fake.d.shape[0], ctx.step, c.topk, c.topk_gamma, c.topk_every)
             scored = fake.d[top_k(fake.d, k, lowest=self.loss.reads_energies)]
@@ -283,11 +283,11 @@ class GAN(Model):
         adv = self.loss.generator(d_real, scored)
         extra, more = self.generator_terms(fake, adv)
         logs.update(more)
-        if self.cfg.feature_matching_weight > 0:
+        if self.hot.feature_matching_weight > 0:
             with torch.no_grad():
                 real_features = self.discriminate(batch.x, self.real_condition(batch), features=True)
             fm = feature_matching(real_features, self.discriminate(x, cond, features=True))
-            extra = extra + self.cfg.feature_matching_weight * fm
+            extra = extra + self.hot.feature_matching_weight * fm
             logs["feature_matching"] = fm.detach()
         if logs:
             logs = {"adversarial": adv.detach(), **logs}
@@ -300,7 +300,7 @@ class GAN(Model):
 
     def critic_values(self, x: torch.Tensor) -> torch.Tensor:
         """The discriminator's scalar output per point, for the toy heat-maps (packed: m copies of the point)."""
-        return self.discriminate(x.repeat_interleave(self.cfg.pack, 0), None)[0]
+        return self.discriminate(x.repeat_interleave(self.hot.pack, 0), None)[0]
 
     @torch.no_grad()
     def visuals(self, fixed, data):
