@@ -106,12 +106,34 @@ def test_fold_conv_transpose_is_the_transposed_convolution(stride, padding, kern
     torch.testing.assert_close(FoldConvTranspose2d(conv)(x), conv(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("cin,cout,h,bias", [(6, 5, 4, True), (3, 9, 7, False), (4, 2, 1, True)])
+def test_subpixel_conv_transpose_is_the_transposed_convolution(cin, cout, h, bias):
+    from genlab.nets.inference import SubpixelConvTranspose2d
+
+    conv = nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=bias).double()
+    assert SubpixelConvTranspose2d.applies(conv)
+    assert not SubpixelConvTranspose2d.applies(nn.ConvTranspose2d(cin, cout, 3, 2, 1))
+    x = torch.randn(3, cin, h, h + 1, dtype=torch.float64)  # non-square: rows and columns are not mixed up
+    torch.testing.assert_close(SubpixelConvTranspose2d(conv)(x), conv(x), rtol=1e-12, atol=1e-12)
+
+
+def test_project_conv_transpose_is_a_matrix_product_on_1x1_inputs_only():
+    from genlab.nets.inference import ProjectConvTranspose2d
+
+    conv = nn.ConvTranspose2d(6, 4, 7, 1, 0).double()
+    fast = ProjectConvTranspose2d(conv)
+    for size in (1, 3):  # 1x1: the matrix product; larger inputs fall back to the convolution itself
+        x = torch.randn(5, 6, size, size, dtype=torch.float64)
+        torch.testing.assert_close(fast(x), conv(x), rtol=1e-12, atol=1e-12)
+
+
 def test_inference_copy_computes_the_same_function_and_leaves_the_net_alone():
     from genlab.nets.dcgan import DCGANGenerator
-    from genlab.nets.inference import FoldConvTranspose2d, inference_copy
+    from genlab.nets.inference import (FoldConvTranspose2d, ProjectConvTranspose2d, SubpixelConvTranspose2d,
+                                       inference_copy)
 
     torch.manual_seed(0)
-    net = DCGANGenerator(z_dim=8, shape=(2, 28, 28), base_channels=8, norm="batch", out_activation="none").double()
+    net = DCGANGenerator(z_dim=8, shape=(2, 28, 28), base_channels=16, norm="batch", out_activation="none").double()
     for _ in range(3):  # running statistics away from 0 / 1, so folding them is tested
         net(torch.randn(32, 8, dtype=torch.float64))
     net.eval()
@@ -121,6 +143,8 @@ def test_inference_copy_computes_the_same_function_and_leaves_the_net_alone():
         torch.testing.assert_close(fast(z), net(z), rtol=1e-10, atol=1e-10)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
     assert any(isinstance(m, FoldConvTranspose2d) for m in fast.modules())
+    assert any(isinstance(m, SubpixelConvTranspose2d) for m in fast.modules())
+    assert any(isinstance(m, ProjectConvTranspose2d) for m in fast.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules()) and all(p.requires_grad for p in net.parameters())
 
 

@@ -4,7 +4,10 @@ Measured per decoder pass of the conv VAE (Fashion-MNIST, one thread, docs/perfo
 norm folded into the convolution before it (eval-mode batch norm is a per-channel affine map),
 channels-last memory (the layout oneDNN's CPU convolutions prefer), and transposed convolutions with
 few output channels as a matrix product and col2im (F.fold), where PyTorch's CPU kernel for a
-64 -> 2 channel layer took 1.9x as long.
+64 -> 2 channel layer took 1.9x as long, and the DCGAN upsampling (kernel 4, stride 2, padding 1)
+with more output channels as one ordinary 2x2 convolution to the four output phases followed by
+their interleaving (the sub-pixel form: the same multiply-adds, on oneDNN's direct convolution
+instead of its transposed-convolution kernel).
 """
 
 from __future__ import annotations
@@ -39,6 +42,70 @@ class FoldConvTranspose2d(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
+class SubpixelConvTranspose2d(nn.Module):
+    """ConvTranspose2d(kernel 4, stride 2, padding 1) as a 2x2 convolution to 4 phases, then interleaved.
+
+    With output row n = 2q + a, the transposed convolution reads input rows q-1 and q with kernel rows
+    3 and 1 for a = 0, and rows q and q+1 with kernel rows 2 and 0 for a = 1 (columns alike). One
+    Conv2d(kernel 2, padding 1) over the input gives every phase's window at once, (H+1) x (W+1) of
+    them; phase (a, b) keeps the windows starting at (a, b). Exact up to float summation order.
+    """
+
+    TAPS = ((3, 1), (2, 0))  # kernel indices read by output phase 0 and 1, for the two window taps
+
+    def __init__(self, conv: nn.ConvTranspose2d):
+        super().__init__()
+        w = conv.weight.detach()  # (in, out, 4, 4)
+        cin, cout = w.shape[:2]
+        phases = []
+        for a in (0, 1):
+            for b in (0, 1):
+                rows = w[:, :, list(self.TAPS[a])][:, :, :, list(self.TAPS[b])]  # (in, out, 2, 2)
+                phases.append(rows.transpose(0, 1))  # (out, in, 2, 2): a convolution's layout
+        self.weight = nn.Parameter(torch.cat(phases, 0).contiguous(), requires_grad=False)  # (4*out, in, 2, 2)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        self.out_channels = cout
+
+    @staticmethod
+    def applies(m: nn.Module) -> bool:
+        return (isinstance(m, nn.ConvTranspose2d) and m.groups == 1 and m.kernel_size == (4, 4)
+                and m.stride == (2, 2) and m.padding == (1, 1) and m.dilation == (1, 1)
+                and m.output_padding == (0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        c = self.out_channels
+        y = F.conv2d(x, self.weight, padding=1)  # (n, 4c, h+1, w+1)
+        out = y.new_empty(n, c, h, 2, w, 2)
+        for i, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+            out[:, :, :, a, :, b] = y[:, i * c:(i + 1) * c, a:a + h, b:b + w]
+        out = out.view(n, c, 2 * h, 2 * w)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+class ProjectConvTranspose2d(nn.Module):
+    """DCGAN's "project and reshape" layer, a ConvTranspose2d(kernel k, stride 1, padding 0) read on a 1x1
+    input: there it is one matrix product z W, (N, in) x (in, out*k*k). PyTorch's CPU transposed-convolution
+    kernel took 2.8 ms for the conv VAE's 16 -> 128x7x7 layer at batch 64, for 6.4M multiply-adds."""
+
+    def __init__(self, conv: nn.ConvTranspose2d):
+        super().__init__()
+        self.conv = conv
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).contiguous(), requires_grad=False)  # (in, out*k*k)
+        self.shape = (conv.out_channels, *conv.kernel_size)
+
+    @staticmethod
+    def applies(m: nn.Module) -> bool:
+        return (isinstance(m, nn.ConvTranspose2d) and m.groups == 1 and m.stride == (1, 1)
+                and m.padding == (0, 0) and m.dilation == (1, 1) and m.output_padding == (0, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (1, 1):
+            return self.conv(x)
+        out = torch.matmul(x.flatten(1), self.weight).view(x.shape[0], *self.shape)
+        return out if self.conv.bias is None else out + self.conv.bias.view(1, -1, 1, 1)
+
+
 def _foldable(m: nn.Module) -> bool:
     return isinstance(m, nn.ConvTranspose2d) and m.groups == 1 and m.out_channels <= FOLD_MAX_CHANNELS
 
@@ -63,6 +130,10 @@ def inference_copy(net: nn.Module) -> nn.Module:
             for name, child in m._modules.items():
                 if _foldable(child):
                     m._modules[name] = FoldConvTranspose2d(child)
+                elif SubpixelConvTranspose2d.applies(child):
+                    m._modules[name] = SubpixelConvTranspose2d(child)
+                elif ProjectConvTranspose2d.applies(child):
+                    m._modules[name] = ProjectConvTranspose2d(child)
     for p in out.parameters():
         p.requires_grad_(False)
     return out.to(memory_format=torch.channels_last)
