@@ -23,6 +23,22 @@ __all__ = ["DatasetConfig", "active_recipe", "TrainConfig", "attach_first_stage"
 
 
 @dataclass
+class EvalCaps:
+    """Upper bounds a model file puts on its periodic evaluation (null = none): the smaller of the cap and
+    trainer.eval_samples / eval_nll_images / eval_nll_k applies, so trainer=debug's bounds still hold."""
+
+    samples: Optional[int] = None
+    nll_images: Optional[int] = None
+    nll_k: Optional[int] = None
+
+
+def eval_bound(trainer, name: str) -> Optional[int]:
+    """trainer.eval_<name> under trainer.eval_caps.<name> (samples, nll_images, nll_k): the smaller one."""
+    value, cap = trainer[f"eval_{name}"], trainer.eval_caps[name]
+    return cap if value is None else value if cap is None else min(value, cap)
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 10000
     batch_size: int = 64
@@ -38,6 +54,7 @@ class TrainerConfig:
     eval_reference: Optional[int] = None
     eval_nll_images: Optional[int] = None
     eval_nll_k: Optional[int] = None
+    eval_caps: EvalCaps = field(default_factory=EvalCaps)
     eval_featurenet_images: Optional[int] = None
     slow_sample_images: Optional[int] = None
     sample_steps: Optional[int] = None
@@ -279,6 +296,9 @@ def _validate(cfg: DictConfig) -> DictConfig:
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
     for k in ("eval_reference", "eval_nll_images", "eval_nll_k", "eval_featurenet_images"):
         _check(t[k] is None or t[k] >= 1, f"trainer.{k} must be >= 1 (or null for no bound), got {t[k]}")
+    for k, v in t.eval_caps.items():
+        _check(v is None or v >= (2 if k == "samples" else 1),
+               f"trainer.eval_caps.{k} must be >= {2 if k == 'samples' else 1} (or null for no cap), got {v}")
     _check(t.slow_sample_images is None or t.slow_sample_images >= 0,
            f"trainer.slow_sample_images must be >= 0 (0 = no grids for slow samplers), got {t.slow_sample_images}")
     _check(t.sample_steps is None or t.sample_steps >= 1,

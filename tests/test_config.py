@@ -188,3 +188,17 @@ def test_model_yaml_lists_every_option(model):
               if dataclasses.is_dataclass(f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
               for g in dataclasses.fields(f.default_factory()) if f.name in cfg.model and g.name not in cfg.model[f.name]]
     assert not top + nested, f"configs/model/{model}.yaml lacks {top + nested}"
+
+
+def test_eval_caps_bound_the_periodic_evaluation_and_debug_bounds_still_hold():
+    """Diffusion on a CPU caps its periodic evaluation; the smaller of cap and trainer value applies."""
+    from genlab.config import eval_bound
+
+    cpu = compose(["model=ddpm", "dataset=fashion_mnist", "trainer.recipe=cpu"])
+    assert [eval_bound(cpu.trainer, k) for k in ("samples", "nll_images", "nll_k")] == [250, 100, 20]
+    paper = compose(["model=ddpm", "dataset=fashion_mnist", "trainer.recipe=paper"])
+    assert [eval_bound(paper.trainer, k) for k in ("samples", "nll_images", "nll_k")] == [1000, 500, 100]
+    debug = compose(["model=ddpm", "dataset=fashion_mnist", "trainer=debug", "trainer.recipe=cpu"])
+    assert [eval_bound(debug.trainer, k) for k in ("samples", "nll_images", "nll_k")] == [64, 16, 4]
+    open_ = compose(["model=ddpm", "dataset=fashion_mnist", "trainer.recipe=cpu", "trainer.eval_nll_images=null"])
+    assert eval_bound(open_.trainer, "nll_images") == 100  # no trainer bound: the cap alone

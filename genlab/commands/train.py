@@ -163,6 +163,7 @@ def log_hparams(trainer, overrides: list[str]) -> None:
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
     from genlab import data as data_lib
+    from genlab.config import eval_bound
     from genlab.metrics.evaluator import EvalSettings, Evaluator
 
     t = cfg.trainer
@@ -170,7 +171,7 @@ def default_evaluator(cfg: DictConfig, data):
     metrics = list(t.eval_metrics) if t.eval_metrics else None
     # A feature network trained on a few images (a smoke test's) is cached apart from the standard one.
     fn = {"limit": t.eval_featurenet_images, "epochs": 1} if t.eval_featurenet_images else {}
-    settings = EvalSettings(num_samples=int(t.eval_samples), seed=int(cfg.seed), featurenet=fn,
+    settings = EvalSettings(num_samples=int(eval_bound(t, "samples")), seed=int(cfg.seed), featurenet=fn,
                             reference_limit=t.eval_reference)
     return Evaluator(data, settings, metrics=metrics, featurenet_data=fd)
 

@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from genlab import __version__
+from genlab.config import eval_bound
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import distributed, signals, tb_layout, writers
@@ -467,8 +468,8 @@ class Trainer:
 
     def _evaluate(self) -> dict:
         with _side_effect_free(self.model, self.device, self.tcfg.sample_steps):
-            metrics = dict(self.model.evaluate(self.data, limit=self.tcfg.eval_nll_images,
-                                               k=self.tcfg.eval_nll_k))
+            metrics = dict(self.model.evaluate(self.data, limit=eval_bound(self.tcfg, "nll_images"),
+                                               k=eval_bound(self.tcfg, "nll_k")))
             if self.evaluator is not None:
                 metrics.update(self.evaluator(self.model, self.data, self.step))
         return metrics
