@@ -303,3 +303,18 @@ def test_a_requeued_sweep_job_resumes_from_its_own_folder(tmp_path):
         state = ckpt.load(run / "checkpoints" / "last.pt")
         assert state["step"] == 4 and state["config"]["seed"] == seed
         assert status(run)["state"] == "done" and status(run)["step"] == 4
+
+
+def test_status_json_records_the_commits_that_trained_the_run(tmp_path, monkeypatch):
+    """A run records genlab's commit; a resume at another commit appends its own, the same one does not."""
+    import genlab
+    from genlab.commands.sweep import RunStatus, read_status
+
+    monkeypatch.setattr(genlab, "_COMMIT", "aaa1111")
+    RunStatus(tmp_path).write("done")
+    assert read_status(tmp_path)["commits"] == ["aaa1111"] and read_status(tmp_path)["genlab"] == genlab.__version__
+    RunStatus(tmp_path).write("done")  # resumed at the same commit
+    assert read_status(tmp_path)["commits"] == ["aaa1111"]
+    monkeypatch.setattr(genlab, "_COMMIT", "bbb2222+changes")
+    RunStatus(tmp_path).write("done")
+    assert read_status(tmp_path)["commits"] == ["aaa1111", "bbb2222+changes"]

@@ -39,8 +39,14 @@ class RunStatus:
         self.t0 = time.perf_counter()
         self.trainer = None
         self.objective: dict | None = None
+        from genlab import __version__, source_commit
+
+        # The genlab commits that trained this run, oldest first: a resume at another commit appends its own.
+        earlier = (read_status(run_dir) or {}).get("commits") or [] if enabled else []
+        commits = [*earlier, source_commit()] if source_commit() not in earlier[-1:] else list(earlier)
         self.record: dict = {"state": "running", "job": job, "overrides": list(overrides or []),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "genlab": __version__,
+                             "commits": commits}
 
     def write(self, state: str, error: str | None = None) -> dict:
         r = self.record

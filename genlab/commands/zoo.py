@@ -520,15 +520,19 @@ def machine() -> str:
 
 
 def commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+changes" if dirty else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from genlab import source_commit
+
+    return source_commit()
+
+
+def run_commits(cells: list[Cell]) -> list[str]:
+    """The genlab commits the zoo's runs trained at (each run's status.json `commits`), in first-seen order."""
+    seen: dict[str, None] = {}
+    for c in cells:
+        for s in c.seeds:
+            for k in job_state(c.job_dir(s)).get("commits") or []:
+                seen.setdefault(str(k))
+    return list(seen)
 
 
 def floor_rows(protocol: dict, columns: list[str]) -> list[dict]:
@@ -562,7 +566,8 @@ def markdown(table: list[dict], floors: list[dict], columns: list[str], header: 
     return "\n".join(lines) + "\n"
 
 
-def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], started: str) -> list[str]:
+def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], started: str,
+                    commits: list[str] = ()) -> list[str]:
     from genlab import __version__
 
     lines = [f"# {title}", "", "Protocol:"]
@@ -575,8 +580,9 @@ def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], st
                      f"feature network {nets}; floor rows: held-out {ev.get('heldout_split')} split scored the same way")
     lines.append(f"- likelihood models: test bits/dim on {opts.nll_images} test images, latent-variable bounds with "
                  f"k={opts.nll_k} importance samples; slow samplers (PixelCNN) are scored by bits/dim only")
-    lines.append(f"- genlab {__version__}, commit {commit()}; machine: {machine()}; "
-                 f"overrides of every job: `{' '.join(passthrough) or '(none)'}`")
+    trained = ", ".join(commits) if commits else "not recorded (runs before status.json kept commits)"
+    lines.append(f"- genlab {__version__}, tabulated at commit {commit()}, runs trained at {trained}; "
+                 f"machine: {machine()}; overrides of every job: `{' '.join(passthrough) or '(none)'}`")
     try:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -721,7 +727,7 @@ def run(args: list[str]) -> int:
     columns = metric_columns(cells)
     table = rows(cells, columns)
     title = suite.title if suite else f"genlab zoo: every model at zoo.budget={opts.budget}"
-    header = protocol_header(title, opts, protocol, passthrough, started)
+    header = protocol_header(title, opts, protocol, passthrough, started, run_commits(cells))
     if suite is not None:
         header[3] = f"- {suite.protocol}"
     write_csv(out / "zoo.csv", table, columns)
