@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.data.schema import DatasetConfig
+from genlab.engine.budget import eval_bound  # noqa: F401 - re-exported for commands and tests
 from genlab.errors import GenlabError
 
 __all__ = ["DatasetConfig", "active_recipe", "TrainConfig", "attach_first_stage", "build_model", "model_class", "register_configs", "typed_model_config",
@@ -30,12 +31,6 @@ class EvalCaps:
     samples: Optional[int] = None
     nll_images: Optional[int] = None
     nll_k: Optional[int] = None
-
-
-def eval_bound(trainer, name: str) -> Optional[int]:
-    """trainer.eval_<name> under trainer.eval_caps.<name> (samples, nll_images, nll_k): the smaller one."""
-    value, cap = trainer[f"eval_{name}"], trainer.eval_caps[name]
-    return cap if value is None else value if cap is None else min(value, cap)
 
 
 @dataclass

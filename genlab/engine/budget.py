@@ -1,4 +1,5 @@
-"""Time budgets: `trainer.max_time` as `90s`, `10m`, `1h30m` or a number of seconds."""
+"""Budgets: `trainer.max_time` as `90s`, `10m`, `1h30m` or a number of seconds, and the periodic
+evaluation's bounds under a model file's `trainer.eval_caps`."""
 
 from __future__ import annotations
 
@@ -28,3 +29,9 @@ def parse_duration(value, key: str = "trainer.max_time") -> float | None:
     if not seconds > 0:
         raise GenlabError(f"{key} must be > 0, got {value}")
     return seconds
+
+
+def eval_bound(trainer, name: str) -> int | None:
+    """trainer.eval_<name> under trainer.eval_caps.<name> (samples, nll_images, nll_k): the smaller one."""
+    value, cap = trainer[f"eval_{name}"], trainer.eval_caps[name]
+    return cap if value is None else value if cap is None else min(value, cap)

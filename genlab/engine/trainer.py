@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from genlab import __version__
-from genlab.config import eval_bound
+from genlab.engine.budget import eval_bound
 from genlab.device import resolve_device
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import distributed, signals, tb_layout, writers
