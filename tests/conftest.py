@@ -22,6 +22,8 @@ torch.set_num_threads(1)
 # The tests pin the paper recipe (the networks each model file names), which is what they check on a
 # CPU as on a GPU; tests/test_recipe.py checks trainer.recipe=auto|cpu itself. Subprocesses inherit it.
 os.environ["GENLAB_RECIPE"] = "paper"
+# Nor do they read the user's data folder: each test names its tiny dataset's root (or sets GENLAB_DATA).
+os.environ.pop("GENLAB_DATA", None)
 
 
 @pytest.fixture(autouse=True, scope="session")

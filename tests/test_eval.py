@@ -232,3 +232,26 @@ def test_periodic_eval_skips_sampling_for_slow_samplers():
     assert Evaluator(data, EvalSettings(num_samples=10))(Slow(), data, 0) == {}
     with pytest.raises(AssertionError, match="sampled"):  # asked for explicitly, it does sample
         Evaluator(data, EvalSettings(num_samples=10), metrics=["modes"])(Slow(), data, 0)
+
+
+def test_eval_reads_the_runs_own_data_root_before_genlab_data(mnist_root, tmp_path, monkeypatch):
+    """The data a run is evaluated on: the root given, else the run's own where it still exists, else
+    $GENLAB_DATA (a run made elsewhere); a $GENLAB_DATA pointing elsewhere does not hide the run's data."""
+    from types import SimpleNamespace
+
+    from genlab.commands.eval import run_data
+    from genlab.errors import GenlabError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("GENLAB_DATA", str(elsewhere))
+    run = SimpleNamespace(cfg=compose([f"dataset.root={mnist_root}"]))
+    data, dcfg = run_data(run)
+    assert dcfg.root == str(mnist_root) and len(data.train_x) == 64  # conftest's tiny MNIST
+    with pytest.raises(GenlabError, match="dataset mnist not found"):  # the root given wins over both
+        run_data(run, str(elsewhere))
+    moved = tmp_path / "moved"
+    mnist_root.rename(moved)  # the run's folder is gone: $GENLAB_DATA is where its data lives now
+    monkeypatch.setenv("GENLAB_DATA", str(moved))
+    data, dcfg = run_data(run)
+    assert dcfg.root == str(moved) and len(data.train_x) == 64

@@ -29,13 +29,18 @@ register_configs()
 
 
 def run_data(run, root: str | None = None):
-    """The run's dataset rebuilt from its saved config (root: explicit, else $GENLAB_DATA, else saved)."""
+    """The run's dataset rebuilt from its saved config. Its root: the one given (eval's dataset.root), else
+    the run's own where that folder still exists, else $GENLAB_DATA (a run made on another machine),
+    else the run's own, which the missing-dataset error then names."""
     from genlab import data as data_lib
 
     dcfg = OmegaConf.create(OmegaConf.to_container(run.cfg.dataset, resolve=True))
-    root = root or os.environ.get("GENLAB_DATA")
+    saved = dcfg.get("root")
+    env = os.environ.get("GENLAB_DATA")
     if root:
         dcfg.root = str(root)
+    elif env and not (saved and Path(os.path.expanduser(str(saved))).is_dir()):
+        dcfg.root = env
     dcfg.download = False  # eval is offline; a missing dataset is a one-line error
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg
 
