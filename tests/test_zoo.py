@@ -77,6 +77,20 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
     assert (light / "zoo.csv").read_text() == (out / "zoo.csv").read_text()
     assert Image.open(light / "gallery.png").size == g.size
 
+    # Every eval.json names the training of its feature network (the id is the recipe's); jobs scored by
+    # two trainings of one recipe (its cache rebuilt, e.g. on another machine) are flagged in the header.
+    assert "trainings of the feature network" not in md
+    ev_path = light / "runs/fashion_mnist/vae/s0/eval.json"
+    ev = json.loads(ev_path.read_text())
+    assert len(ev["feature_networks"][0]["weights"]) == 12
+    ev["feature_networks"][0]["weights"] = "0123456789ab"
+    ev_path.write_text(json.dumps(ev))
+    again = run_cli(["zoo", *TINY_ZOO, f"zoo.out={light}"], tmp_path, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    flagged = (light / "zoo.md").read_text()
+    assert "rows scored by 2 trainings of the feature network" in flagged
+    assert "weights 0123456789ab: 1 job(s)" in flagged
+
 
 def test_diffusion_is_scored_with_its_runs_sample_steps():
     """The zoo evaluates and times a diffusion run with its trainer.sample_steps, not the chain's T steps."""
@@ -148,3 +162,18 @@ def test_eval_and_checkpoint_follow_training_time(tmp_path, monkeypatch):
     steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "eval_history.jsonl").read_text().splitlines()]
     assert steps == [4, 8, 12, 16, 20, 24, 28, 30]  # each second of training, and the last step
     assert saved == [4, 8, 12, 16, 20, 24, 28, 30]
+
+
+def test_jobs_are_counted_per_training_of_the_feature_network():
+    """An eval.json from before weights digests were kept counts with the training of its accuracy."""
+    from genlab.commands.zoo import note_protocol
+
+    old = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9032}]}
+    here = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9031, "weights": "aaa"}]}
+    again = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9032, "weights": "bbb"}]}
+    protocol = {}
+    for ev in (old, old, here, again, old):
+        note_protocol(protocol, "fashion_mnist", ev)
+    assert protocol["fashion_mnist"]["net_trainings"] == {"lenet-x (test accuracy 0.9031), weights aaa": 1,
+                                                         "lenet-x (test accuracy 0.9032), weights bbb": 4}
+    assert protocol["fashion_mnist"]["feature_networks"] == old["feature_networks"]  # the first job's protocol

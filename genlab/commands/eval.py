@@ -137,7 +137,8 @@ def evaluate_run(cfg: DictConfig) -> dict:
                      "better": better(key), "num_samples": e.num_samples, "num_reference": e.num_reference,
                      "floor_num_samples": f.num_samples if f else None, "feature_network": e.feature_network,
                      "split": ev.split if e.num_reference else e.extra.get("split"), **e.extra})
-    nets = [{"name": n.name, "id": n.id, "test_accuracy": n.test_accuracy,
+    # The id names the recipe; "weights" names this training of it (another machine's differs).
+    nets = [{"name": n.name, "id": n.id, "weights": n.digest()[:12], "test_accuracy": n.test_accuracy,
              "path": str(n.path) if n.path else None} for n in (ev._nets or [])]
     result = {
         "run": str(run_dir), "checkpoint": str(run.path), "step": int(run.info["step"]),

@@ -397,6 +397,22 @@ def collect(cells: list[Cell], samples: int | None, nll: list[str]) -> tuple[dic
     return protocol, tiles
 
 
+def note_protocol(protocol: dict, dataset: str, ev: dict) -> None:
+    """The dataset's protocol is its first job's eval.json; it also counts the jobs scored by each training
+    of the feature network (one recipe trained on two machines gives two networks, and FIDs of both): a
+    training is its id (the recipe), test accuracy and weights' digest (absent from older eval.json files,
+    which then count with the training of the same accuracy)."""
+    first = protocol.setdefault(dataset, {**ev, "net_trainings": {}})
+    seen = first["net_trainings"]
+    for n in ev.get("feature_networks", []):
+        base = f"{n['id']} (test accuracy {float(n['test_accuracy']):.4f})"
+        weights = n.get("weights")
+        key = f"{base}, weights {weights}" if weights else next((k for k in seen if k.startswith(base)), base)
+        if weights and base in seen:  # an older record of this training: named by its weights from now on
+            seen[key] = seen.pop(base)
+        seen[key] = seen.get(key, 0) + 1
+
+
 def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, tiles: dict) -> None:
     """Evaluate one cell's finished jobs into c.jobs (and the dataset's protocol, the cell's tile)."""
     from genlab.commands.common import load_run
@@ -413,7 +429,7 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
             ev, tile, per_1k, rec["recipe"] = cached
             if ev is not None:
                 rec["values"] = dict(ev["values"])
-                protocol.setdefault(c.dataset, ev)
+                note_protocol(protocol, c.dataset, ev)
             rec["s_per_1k_samples"] = per_1k
             tiles.setdefault((c.label, c.dataset), tile)
         elif st["state"] == "done":
@@ -424,7 +440,7 @@ def _collect_cell(c: Cell, samples: int | None, nll: list[str], protocol: dict, 
                     steps = sample_steps(run)
                     ev = evaluate_job(job, samples, bool(model.slow_sampling), nll + ([f"steps={steps}"] if steps else []))
                     rec["values"] = dict(ev["values"])
-                    protocol.setdefault(c.dataset, ev)
+                    note_protocol(protocol, c.dataset, ev)
                 tile, per_1k = gallery_tile(job)
                 rec["s_per_1k_samples"] = per_1k
                 rec["recipe"] = run_recipe(run)
@@ -578,6 +594,12 @@ def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], st
                          else n["id"] for n in ev.get("feature_networks", [])) or "none (the points themselves)"
         lines.append(f"- {d}: {ev['num_samples']} samples per run scored against the {ev['split']} split; "
                      f"feature network {nets}; floor rows: held-out {ev.get('heldout_split')} split scored the same way")
+        trainings = ev.get("net_trainings") or {}
+        if len(trainings) > 1:
+            lines.append(f"- {d}: **rows scored by {len(trainings)} trainings of the feature network** (one recipe, "
+                         "different weights: its cache was rebuilt between jobs, e.g. on another machine), "
+                         "so their scores are not exactly comparable: "
+                         + "; ".join(f"{k}: {v} job(s)" for k, v in trainings.items()))
     lines.append(f"- likelihood models: test bits/dim on {opts.nll_images} test images, latent-variable bounds with "
                  f"k={opts.nll_k} importance samples; slow samplers (PixelCNN) are scored by bits/dim only")
     trained = ", ".join(commits) if commits else "not recorded (runs before status.json kept commits)"
