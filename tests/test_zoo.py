@@ -165,13 +165,15 @@ def test_eval_and_checkpoint_follow_training_time(tmp_path, monkeypatch):
 
 
 def test_jobs_are_counted_per_training_of_the_feature_network():
-    """An eval.json from before weights digests were kept counts with the training of its accuracy."""
+    """An eval.json from before weights digests were kept counts with the training of its accuracy; the
+    protocol (header, floor rows) is the first job's that used a feature network, not a bits/dim-only job's."""
     from genlab.commands.zoo import note_protocol
 
     old = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9032}]}
     here = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9031, "weights": "aaa"}]}
     again = {"feature_networks": [{"id": "lenet-x", "test_accuracy": 0.9032, "weights": "bbb"}]}
     protocol = {}
+    note_protocol(protocol, "fashion_mnist", {"feature_networks": [], "metrics": []})  # bits/dim alone (MAF)
     for ev in (old, old, here, again, old):
         note_protocol(protocol, "fashion_mnist", ev)
     assert protocol["fashion_mnist"]["net_trainings"] == {"lenet-x (test accuracy 0.9031), weights aaa": 1,

@@ -403,6 +403,10 @@ def note_protocol(protocol: dict, dataset: str, ev: dict) -> None:
     training is its id (the recipe), test accuracy and weights' digest (absent from older eval.json files,
     which then count with the training of the same accuracy)."""
     first = protocol.setdefault(dataset, {**ev, "net_trainings": {}})
+    if ev.get("feature_networks") and not first.get("feature_networks"):
+        # A slow sampler's job is scored by bits/dim alone: no feature network, no real-data floor. The first
+        # job that samples gives the header its network and the table its floor rows.
+        first = protocol[dataset] = {**ev, "net_trainings": first["net_trainings"]}
     seen = first["net_trainings"]
     for n in ev.get("feature_networks", []):
         base = f"{n['id']} (test accuracy {float(n['test_accuracy']):.4f})"
