@@ -16,7 +16,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from genlab.data.schema import DatasetConfig
-from genlab.engine.budget import eval_bound  # noqa: F401 - re-exported for commands and tests
 from genlab.errors import GenlabError
 
 __all__ = ["DatasetConfig", "active_recipe", "TrainConfig", "attach_first_stage", "build_model", "model_class", "register_configs", "typed_model_config",

@@ -192,7 +192,7 @@ def test_model_yaml_lists_every_option(model):
 
 def test_eval_caps_bound_the_periodic_evaluation_and_debug_bounds_still_hold():
     """Diffusion on a CPU caps its periodic evaluation; the smaller of cap and trainer value applies."""
-    from genlab.config import eval_bound
+    from genlab.engine.budget import eval_bound
 
     cpu = compose(["model=ddpm", "dataset=fashion_mnist", "trainer.recipe=cpu"])
     assert [eval_bound(cpu.trainer, k) for k in ("samples", "nll_images", "nll_k")] == [250, 100, 20]

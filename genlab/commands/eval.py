@@ -33,13 +33,14 @@ def run_data(run, root: str | None = None):
     the run's own where that folder still exists, else $GENLAB_DATA (a run made on another machine),
     else the run's own, which the missing-dataset error then names."""
     from genlab import data as data_lib
+    from genlab.data.images import data_root
 
     dcfg = OmegaConf.create(OmegaConf.to_container(run.cfg.dataset, resolve=True))
     saved = dcfg.get("root")
     env = os.environ.get("GENLAB_DATA")
     if root:
         dcfg.root = str(root)
-    elif env and not (saved and Path(os.path.expanduser(str(saved))).is_dir()):
+    elif env and not (saved and data_root(dcfg).is_dir()):
         dcfg.root = env
     dcfg.download = False  # eval is offline; a missing dataset is a one-line error
     return data_lib.build(dcfg, "cpu", seed=int(run.cfg.get("seed", 0))), dcfg

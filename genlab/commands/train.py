@@ -163,7 +163,7 @@ def log_hparams(trainer, overrides: list[str]) -> None:
 def default_evaluator(cfg: DictConfig, data):
     """The sample-based evaluator for trainer.eval_every: trainer.eval_samples samples, cheap metrics."""
     from genlab import data as data_lib
-    from genlab.config import eval_bound
+    from genlab.engine.budget import eval_bound
     from genlab.metrics.evaluator import EvalSettings, Evaluator
 
     t = cfg.trainer
