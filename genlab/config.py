@@ -190,13 +190,20 @@ def build_model(cfg: DictConfig, spec):
     return model_class(cfg)(typed_model_config(cfg), spec)
 
 
-def attach_first_stage(cfg: DictConfig) -> dict | None:
+def attach_first_stage(cfg: DictConfig, planned: DictConfig | None = None) -> dict | None:
     """For a model trained on another run's model (first_stage_key, e.g. a VQ-VAE's prior): check that
     run holds the right model on data of this shape, copy its model config into cfg.model (so this run's
-    folder rebuilds the whole model by itself) and return its weights; None for every other model."""
+    folder rebuilds the whole model by itself) and return its weights; None for every other model.
+
+    `planned`: the first stage's model config when that run does not exist yet (genlab zoo checks a
+    two-stage row before training its first stage); it is copied in and no weights are returned."""
     cls = model_class(cfg)
     key = cls.first_stage_key
     if key is None:
+        return None
+    if planned is not None:
+        with open_dict(cfg):
+            cfg.model[cls.first_stage_config] = planned
         return None
     where = cfg.model.get(key)
     if not where:
@@ -251,19 +258,20 @@ def config_key(cfg: DictConfig) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> DictConfig:
     """Semantic checks on a composed train config; returns the typed model config.
 
     The CLI validates every config before Hydra's job starts and the job validates its own: the second
     call of the same content is handed the first's result (a model trained on another run's model, whose
-    validation copies that run's config in, is validated each time)."""
+    validation copies that run's config in, is validated each time). `planned_first_stage`: see
+    attach_first_stage."""
     import copy
 
     key = config_key(cfg)
     if key in _VALIDATED:  # only results of models without a first stage are kept
         mcfg = copy.deepcopy(_VALIDATED[key])
     else:
-        mcfg = _validate(cfg)  # its cheap checks come first: a bad trainer value fails before any model import
+        mcfg = _validate(cfg, planned_first_stage)  # cheap checks first: a bad trainer value fails before any model import
         if model_class(cfg).first_stage_key is None:
             if len(_VALIDATED) > 256:  # a long-lived process (tests, a notebook) keeps the recent ones
                 _VALIDATED.clear()
@@ -273,7 +281,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     return mcfg
 
 
-def _validate(cfg: DictConfig) -> DictConfig:
+def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> DictConfig:
     t = cfg.trainer
     _check(str(t.recipe) in RECIPES, f"trainer.recipe must be one of {', '.join(RECIPES)}; got {t.recipe}")
     _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")
@@ -324,7 +332,7 @@ def _validate(cfg: DictConfig) -> DictConfig:
             _check(value is None or value == default,
                    f"dataset.{key}={value} sizes generated datasets (grid25, ring8, stacked_*); {cfg.dataset.name} "
                    "is read from files: use " + hint.format(value, value))
-    attach_first_stage(cfg)
+    attach_first_stage(cfg, planned_first_stage)
     mcfg = typed_model_config(cfg)
     problem = model_class(cfg).check(mcfg, spec)
     _check(problem is None, f"{problem}")

@@ -15,7 +15,8 @@ import sys
 
 COLUMNS = [("steps", "steps", 6), ("train_s", "train s", 4), ("fid", "FID ↓", 4), ("precision", "precision ↑", 3),
            ("recall", "recall ↑", 3), ("coverage", "coverage ↑", 3), ("classes_covered", "classes ↑", 3),
-           ("test_bits_per_dim", "bits/dim ↓", 4), ("s_per_1k_samples", "s / 1k samples", 3)]
+           ("test_bits_per_dim", "bits/dim ↓", 4), ("test_elbo_bits_per_dim", "ELBO bits/dim ↓", 4),
+           ("s_per_1k_samples", "s / 1k samples", 3)]
 
 
 def fmt(text: str, digits: int) -> str:

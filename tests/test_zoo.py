@@ -92,6 +92,29 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
     assert "weights 0123456789ab: 1 job(s)" in flagged
 
 
+@pytest.mark.slow
+def test_a_two_stage_row_trains_on_its_first_stage_run_of_the_same_zoo(tmp_path, mnist_root):
+    """vqvae_prior is trained after vqvae, on that row's run of the same seed, and tabulated like any row."""
+    out = tmp_path / "zoo"
+    args = ["zoo", "zoo.models=[vqvae_prior,vqvae]", *TINY_ZOO[1:], f"zoo.out={out}"]
+    r = run_cli(args, tmp_path, env={"GENLAB_DATA": str(mnist_root)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.index("training vqvae on") < r.stdout.index("training vqvae_prior on")
+    rows = {row["model"]: row for row in csv.DictReader(open(out / "zoo.csv"))}
+    assert rows["vqvae"]["status"] == rows["vqvae_prior"]["status"] == "done"
+    import torch
+
+    prior = out / "runs" / "fashion_mnist" / "vqvae_prior" / "s0"
+    state = torch.load(prior / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert Path(state["config"]["model"]["vqvae_run"]) == out / "runs" / "fashion_mnist" / "vqvae" / "s0"
+    ev = json.loads((prior / "eval.json").read_text())
+    for model in ("vqvae", "vqvae_prior"):  # the ELBO's bits/dim: uniform code prior, then the PixelCNN's
+        ev = json.loads((out / "runs" / "fashion_mnist" / model / "s0" / "eval.json").read_text())
+        bpd = ev["values"]["test_elbo_bits_per_dim"]
+        assert math.isclose(float(rows[model]["test_elbo_bits_per_dim_mean"]), bpd, rel_tol=1e-9)
+    assert "two-stage rows (vqvae_prior on vqvae)" in (out / "zoo.md").read_text()
+
+
 def test_diffusion_is_scored_with_its_runs_sample_steps():
     """The zoo evaluates and times a diffusion run with its trainer.sample_steps, not the chain's T steps."""
     from types import SimpleNamespace
@@ -118,6 +141,9 @@ def test_bad_input_is_one_line_before_any_job(tmp_path):
         (["zoo.models=[pixelcnn]", "zoo.datasets=[grid25,ring8]"], "model pixelcnn cannot run on dataset grid25"),
         (["zoo.seeds=0"], "zoo.seeds must be a whole number >= 1"),
         (["zoo.colour=red"], "unknown key zoo.colour"),
+        (["zoo.models=[vqvae_prior]"], r"add vqvae to zoo.models \(zoo.models=\[vqvae,vqvae_prior\]\)"),
+        (["zoo.models=[vqvae,vqvae_prior]", "model.n_layers=0"],
+         "invalid config for model=vqvae dataset=fashion_mnist: Could not override 'model.n_layers'"),
     ]
     for args, message in cases:
         with pytest.raises(GenlabError, match=message):
@@ -135,6 +161,11 @@ def test_models_go_where_their_class_says():
     where = {(c.model, c.dataset) for c in cells}
     assert where == {("dcgan", "fashion_mnist"), ("dcgan", "grid25"), ("dcgan", "ring8"),
                      ("cyclegan", "unpaired_sneaker_sandal"), ("cgan", "fashion_mnist")}
+    # a two-stage row goes where its first stage goes, and names the row it trains on
+    opts, over, given = zoo.parse_args(["zoo.models=[vqvae_prior,vqvae]"])
+    cells = zoo.zoo_cells(opts, over, Path("/nonexistent"), given)
+    assert [(c.model, c.dataset) for c in cells] == [("vqvae_prior", "fashion_mnist"), ("vqvae", "fashion_mnist")]
+    assert cells[0].first_stage is cells[1] and cells[0].stage_key == "vqvae_run" and cells[1].first_stage is None
 
 
 def test_help_lists_suites_models_and_keys(tmp_path):

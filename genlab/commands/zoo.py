@@ -36,7 +36,7 @@ from genlab.errors import GenlabError
 
 # Metric columns of the zoo table, by base name, in this order (those that apply to a row are filled).
 COLUMNS = ("fid", "kid", "precision", "recall", "coverage", "classes_covered", "modes", "high_quality",
-           "reverse_kl", "stacked_modes", "stacked_kl", "test_bits_per_dim")
+           "reverse_kl", "stacked_modes", "stacked_kl", "test_bits_per_dim", "test_elbo_bits_per_dim")
 TIMES = ("steps", "steps_per_s", "train_s", "s_per_1k_samples")
 TILE = 196  # pixels of one gallery picture
 
@@ -53,6 +53,9 @@ class Cell:
     model: str = ""
     error: str | None = None  # why the row did not run at all
     jobs: list[dict] = field(default_factory=list)
+    # a two-stage row (e.g. vqvae_prior): the row whose run of the same seed it trains on, and the key naming it
+    first_stage: "Cell | None" = None
+    stage_key: str = ""
 
     def job_dir(self, seed: int) -> Path:
         return self.folder / f"s{seed}"
@@ -146,19 +149,27 @@ def compose(overrides: list[str]):
 
     from genlab.config import register_configs
 
+    from genlab.cli import describe
+
     register_configs()
     with initialize_config_module("genlab.configs", version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+        try:
+            return hydra_compose(config_name="train", overrides=overrides)
+        except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's composition errors
+            # e.g. a model key given to every job of the zoo that some model has not
+            raise GenlabError(f"invalid config for {' '.join(o for o in overrides if o.startswith(('model=', 'dataset=')))}: "
+                              f"{describe(e)} (a training override given to genlab zoo goes to every job)") from None
 
 
-def fits(cfg) -> str | None:
-    """Why the composed train config cannot run (None if it can): the model class decides from the data's spec."""
+def fits(cfg, planned_first_stage=None) -> str | None:
+    """Why the composed train config cannot run (None if it can): the model class decides from the data's spec.
+    A two-stage model is checked with `planned_first_stage`, its first stage's model config (that run is trained later)."""
     from genlab.commands import preflight
     from genlab.config import model_class, validate
     from genlab.data import expected_spec
 
     try:
-        validate(cfg)
+        validate(cfg, planned_first_stage)
         spec = expected_spec(cfg.dataset)
         if model_class(cfg).translates != (spec.domains == 2):
             what = "translates images between two domains" if model_class(cfg).translates else "samples images"
@@ -181,18 +192,35 @@ def zoo_cells(opts, passthrough: list[str], out: Path, given: set[str]) -> list[
     for d in opts.datasets:
         if d not in datasets:
             raise GenlabError(f"unknown dataset '{d}' in zoo.datasets; available: {', '.join(datasets)}")
+    from genlab.config import model_class
+
     named = opts.models is not None
     both = named and "datasets" in given  # then every named model must fit every named dataset
     cells, fitted = [], {m: 0 for m in wanted}
     for d in opts.datasets:
-        for m in wanted:
-            cfg = compose([f"model={m}", f"dataset={d}", *passthrough])
-            problem = fits(cfg)
+        composed = {m: compose([f"model={m}", f"dataset={d}", *passthrough]) for m in wanted}
+        here: dict[str, Cell] = {}
+        # one-stage models first: a two-stage row (vqvae_prior) trains on its first stage's run of this zoo
+        for m in sorted(wanted, key=lambda m: model_class(composed[m]).first_stage_key is not None):
+            cfg, cls = composed[m], model_class(composed[m])
+            first = cls.first_stage_model.Config.name if cls.first_stage_key else None
+            if first is None:
+                problem = fits(cfg)
+            elif first not in wanted:
+                raise GenlabError(f"model {m} trains on a run of model {first} in the same zoo: "
+                                  f"add {first} to zoo.models (zoo.models=[{first},{m}])")
+            elif first not in here:
+                problem = f"its first stage, model {first}, does not run on {d}"
+            else:
+                plan = OmegaConf.create(OmegaConf.to_container(composed[first].model, resolve=True))
+                problem = fits(cfg, plan)
             if problem is None:
-                cells.append(Cell(m, d, [f"model={m}"], list(range(opts.seeds)), out / "runs" / d / m, model=m))
+                here[m] = Cell(m, d, [f"model={m}"], list(range(opts.seeds)), out / "runs" / d / m, model=m,
+                               first_stage=here.get(first), stage_key=cls.first_stage_key or "")
                 fitted[m] += 1
             elif both:
                 raise GenlabError(f"model {m} cannot run on dataset {d}: {problem}")
+        cells += [here[m] for m in wanted if m in here]
     for m, n in fitted.items():
         if named and n == 0:
             raise GenlabError(f"model {m} fits none of zoo.datasets={list(opts.datasets)}; see genlab zoo --help")
@@ -242,17 +270,27 @@ def train_cells(cells: list[Cell], common: list[str], passthrough: list[str], re
                 suite: bool) -> None:
     """One `genlab train -m` per dataset and set of pending seeds (suites: per variant); finished jobs are skipped."""
     groups: dict[tuple, list[Cell]] = {}
+    staged: list[tuple[Cell, int]] = []  # two-stage rows, one job per seed after their first stages
     for c in cells:
         pending = [s for s in c.seeds if job_state(c.job_dir(s))["state"] not in
                    (("done",) if retry_failed else ("done", "failed"))]
-        if pending:
+        if pending and c.first_stage is not None:
+            staged += [(c, s) for s in pending]
+        elif pending:
             key = (c.dataset, tuple(pending)) + ((c.label,) if suite else ())
             groups.setdefault(key, []).append(c)
     from genlab import progress
 
-    with progress.bar(len(groups), "zoo: training sweeps", "sweep") as bar:
+    with progress.bar(len(groups) + len(staged), "zoo: training sweeps", "sweep") as bar:
         for (dataset, seeds, *_), members in groups.items():
             _train_group(dataset, seeds, members, common, passthrough, suite)
+            bar.update()
+        for c, s in staged:
+            first = c.first_stage.job_dir(s)
+            if job_state(first)["state"] == "done":
+                _train_group(c.dataset, (s,), [c], [*common, f"model.{c.stage_key}={quote(first)}"], passthrough, suite)
+            else:
+                c.error = f"its first stage ({c.first_stage.label}, seed {s}) did not finish"
             bar.update()
 
 
@@ -587,7 +625,7 @@ def markdown(table: list[dict], floors: list[dict], columns: list[str], header: 
 
 
 def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], started: str,
-                    commits: list[str] = ()) -> list[str]:
+                    commits: list[str] = (), two_stage: list[str] = ()) -> list[str]:
     from genlab import __version__
 
     lines = [f"# {title}", "", "Protocol:"]
@@ -606,6 +644,9 @@ def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], st
                          + "; ".join(f"{k}: {v} job(s)" for k, v in trainings.items()))
     lines.append(f"- likelihood models: test bits/dim on {opts.nll_images} test images, latent-variable bounds with "
                  f"k={opts.nll_k} importance samples; slow samplers (PixelCNN) are scored by bits/dim only")
+    if two_stage:
+        lines.append("- two-stage rows (" + ", ".join(two_stage) + "): the budget again for the second stage, trained "
+                     "on the frozen first stage's run of the same seed (its own row); steps and train s are the second stage's")
     trained = ", ".join(commits) if commits else "not recorded (runs before status.json kept commits)"
     lines.append(f"- genlab {__version__}, tabulated at commit {commit()}, runs trained at {trained}; "
                  f"machine: {machine()}; overrides of every job: `{' '.join(passthrough) or '(none)'}`")
@@ -753,7 +794,8 @@ def run(args: list[str]) -> int:
     columns = metric_columns(cells)
     table = rows(cells, columns)
     title = suite.title if suite else f"genlab zoo: every model at zoo.budget={opts.budget}"
-    header = protocol_header(title, opts, protocol, passthrough, started, run_commits(cells))
+    two_stage = sorted({f"{c.label} on {c.first_stage.label}" for c in cells if c.first_stage is not None})
+    header = protocol_header(title, opts, protocol, passthrough, started, run_commits(cells), two_stage)
     if suite is not None:
         header[3] = f"- {suite.protocol}"
     write_csv(out / "zoo.csv", table, columns)
