@@ -104,6 +104,9 @@ def test_fold_conv_transpose_is_the_transposed_convolution(stride, padding, kern
     conv = nn.ConvTranspose2d(5, out, kernel, stride, padding).double()
     x = torch.randn(3, 5, 6, 7, dtype=torch.float64)
     torch.testing.assert_close(FoldConvTranspose2d(conv)(x), conv(x), rtol=1e-12, atol=1e-12)
+    # channels-last input takes the product in its own layout (no copy): the same function
+    cl = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(FoldConvTranspose2d(conv)(cl), conv(x), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("cin,cout,h,bias", [(6, 5, 4, True), (3, 9, 7, False), (4, 2, 1, True)])
@@ -114,7 +117,9 @@ def test_subpixel_conv_transpose_is_the_transposed_convolution(cin, cout, h, bia
     assert SubpixelConvTranspose2d.applies(conv)
     assert not SubpixelConvTranspose2d.applies(nn.ConvTranspose2d(cin, cout, 3, 2, 1))
     x = torch.randn(3, cin, h, h + 1, dtype=torch.float64)  # non-square: rows and columns are not mixed up
-    torch.testing.assert_close(SubpixelConvTranspose2d(conv)(x), conv(x), rtol=1e-12, atol=1e-12)
+    for layout in (torch.contiguous_format, torch.channels_last):  # the phases interleave in either
+        torch.testing.assert_close(SubpixelConvTranspose2d(conv)(x.contiguous(memory_format=layout)), conv(x),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_project_conv_transpose_is_a_matrix_product_on_1x1_inputs_only():

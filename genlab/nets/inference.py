@@ -34,10 +34,14 @@ class FoldConvTranspose2d(nn.Module):
         self.dilation, self.output_padding = conv.dilation, conv.output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        n, _, h, w = x.shape
         size = tuple((n - 1) * s - 2 * p + d * (k - 1) + op + 1 for n, s, p, d, k, op in zip(
             (h, w), self.stride, self.padding, self.dilation, self.kernel_size, self.output_padding))
-        cols = torch.matmul(self.weight, x.flatten(2))
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            # (N, HW, in) is channels-last memory as it lies: x W^T without the copy flatten(2) would make
+            cols = torch.matmul(x.permute(0, 2, 3, 1).reshape(n, h * w, -1), self.weight.t()).transpose(1, 2)
+        else:
+            cols = torch.matmul(self.weight, x.flatten(2))
         out = F.fold(cols, size, self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         return out if self.bias is None else out + self.bias
 
@@ -63,7 +67,8 @@ class SubpixelConvTranspose2d(nn.Module):
                 rows = w[:, :, list(self.TAPS[a])][:, :, :, list(self.TAPS[b])]  # (in, out, 2, 2)
                 phases.append(rows.transpose(0, 1))  # (out, in, 2, 2): a convolution's layout
         self.weight = nn.Parameter(torch.cat(phases, 0).contiguous(), requires_grad=False)  # (4*out, in, 2, 2)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+        # the bias of every phase, added by the convolution itself rather than by a pass over the output
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().repeat(4), requires_grad=False)
         self.out_channels = cout
 
     @staticmethod
@@ -75,12 +80,13 @@ class SubpixelConvTranspose2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         c = self.out_channels
-        y = F.conv2d(x, self.weight, padding=1)  # (n, 4c, h+1, w+1)
-        out = y.new_empty(n, c, h, 2, w, 2)
+        # (n, h+1, w+1, 4c): the convolution's output as channels-last memory lies (a view then), and the
+        # phases are interleaved in that layout too, so neither side of the copy is strided across it
+        y = F.conv2d(x, self.weight, self.bias, padding=1).permute(0, 2, 3, 1)
+        out = y.new_empty(n, h, 2, w, 2, c)
         for i, (a, b) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            out[:, :, :, a, :, b] = y[:, i * c:(i + 1) * c, a:a + h, b:b + w]
-        out = out.view(n, c, 2 * h, 2 * w)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+            out[:, :, a, :, b] = y[:, a:a + h, b:b + w, i * c:(i + 1) * c]
+        return out.view(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)  # (n, c, 2h, 2w), channels-last
 
 
 class ProjectConvTranspose2d(nn.Module):
