@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -205,6 +206,20 @@ def test_error_after_the_progress_bar_is_on_its_own_line(tmp_path):
     assert r.returncode == 2
     last = r.stderr.rstrip("\n").split("\n")[-1]
     assert last.startswith("genlab: error: ") and "diverged" in last, r.stderr[-500:]
+
+
+def test_a_time_budgeted_runs_bar_counts_training_seconds_not_steps(tmp_path):
+    """Under trainer.max_time the budget ends the run: the bar shows seconds of it, the step in its postfix
+    (it showed steps out of a max_steps of 1e9 that no run reaches)."""
+    r = _genlab(["train", *TOY, "trainer.progress=true", "trainer.max_steps=1000000000", "trainer.max_time=2s",
+                 "trainer.log_every=5", "hydra.run.dir=run"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    frames = r.stderr.replace("\r", "\n").splitlines()
+    bars = [f for f in frames if "of trainer.max_time" in f]
+    assert bars and "1000000000" not in r.stderr, r.stderr[-1000:]
+    assert bars[-1].startswith("train: 100%") and "2/2 s of trainer.max_time" in bars[-1], bars[-1]
+    step = json.loads((tmp_path / "run" / "status.json").read_text())["step"]
+    assert any(f"step={s}" in f for f in bars for s in range(max(5, step - 5), step + 1)), bars[-3:]
 
 
 def test_a_launchers_sigusr2_handler_runs_after_last_pt_is_written(tmp_path, monkeypatch):

@@ -197,11 +197,15 @@ class Trainer:
         """Seconds this run has trained (periodic evaluation excluded), earlier segments included."""
         return self.elapsed + (self.clock() - self.started if self.started is not None else 0.0)
 
-    def out_of_time(self) -> bool:
-        """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun."""
+    def out_of_time(self, bar=None) -> bool:
+        """Whether trainer.max_time is spent: rank 0's clock decides for every rank under torchrun. `bar`, the
+        training bar of a time budget, is moved to the same reading of the clock."""
         if self.max_seconds is None:
             return False
-        return bool(self.dist.broadcast(self.train_time() >= self.max_seconds))
+        now = self.train_time()
+        if bar is not None and int(now) > bar.n:
+            bar.update(min(int(now), bar.total) - bar.n)
+        return bool(self.dist.broadcast(now >= self.max_seconds))
 
     def due_by_time(self) -> set[str]:
         """Which of eval / checkpoint trainer.*_every_time makes due now: rank 0's clock decides for every rank."""
@@ -243,8 +247,7 @@ class Trainer:
     def _loop(self, t) -> dict:
         from tqdm import tqdm
 
-        bar = tqdm(total=t.max_steps, initial=self.step, disable=not (t.progress and self.dist.is_main), dynamic_ncols=True,
-                   desc="train", unit="step")
+        bar = self._progress_bar(t, tqdm)
         self._last: dict = {}
         try:
             self._steps(t, bar)
@@ -265,6 +268,18 @@ class Trainer:
                     self.every_time["eval"] and not evaluated):
                 self.run_eval()
         return self._last
+
+    def _progress_bar(self, t, tqdm):
+        """The training bar: steps out of max_steps, or under trainer.max_time the training seconds out of the
+        budget (what ends such a run; its max_steps is usually a bound never reached), the step in its postfix."""
+        off = not (t.progress and self.dist.is_main)
+        if self.max_seconds is None:
+            return tqdm(total=t.max_steps, initial=self.step, disable=off, dynamic_ncols=True, desc="train", unit="step")
+        total = max(1, round(self.max_seconds))
+        clock = "CPU s" if self.tcfg.max_time_clock == "cpu" else "s"
+        return tqdm(total=total, initial=min(int(self.elapsed), total), disable=off, dynamic_ncols=True, desc="train",
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} " + clock +
+                    " of trainer.max_time [{elapsed}<{remaining}{postfix}]")
 
     @contextmanager
     def finishing(self, install: bool = False):
@@ -289,6 +304,7 @@ class Trainer:
         the on-device non-finite flag.
         """
         window = WindowMeans()
+        by_time = self.max_seconds is not None  # the bar counts training seconds, not steps
         tick, tick_step = time.perf_counter(), self.step
         self.started = self.clock()
         self._next_time = {k: (self.elapsed // v + 1) * v for k, v in self.every_time.items() if v}
@@ -323,7 +339,8 @@ class Trainer:
                             logs["grad_norm"] = norm
                         window.add(s.name, logs)
             self.step += 1
-            bar.update(1)
+            if not by_time:
+                bar.update(1)
             if log_now:
                 now = time.perf_counter()
                 last = window.means()  # 0/0 = nan: never finite
@@ -335,11 +352,14 @@ class Trainer:
                 self._check_finite(last)
                 self.log_scalars(last)
                 postfix = {k.split("/")[0]: f"{v:.3g}" for k, v in last.items() if k.endswith("/loss")}
+                if by_time:
+                    postfix["step"] = self.step
                 bar.set_postfix(postfix, steps_per_s=f"{last['perf/steps_per_sec']:.1f}")
-            if self.out_of_time():
+            if self.out_of_time(bar):
                 # An equal wall-clock budget is the fair comparison of schedules of different cost; the
                 # images and evaluation of this last step follow the loop, outside the budget.
                 self.stopped_by_time = True
+                bar.close()  # its last frame first, so the line below is a line of its own
                 log.info("trainer.max_time=%s reached at step %d (%.1f s)", t.max_time, self.step, self.train_time())
                 break
             due = self.due_by_time()
