@@ -267,11 +267,12 @@ def validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> 
     attach_first_stage."""
     import copy
 
+    _check_settings(cfg)  # the trainer's and optimizer's values first: a bad one fails before any other work
     key = config_key(cfg)
     if key in _VALIDATED:  # only results of models without a first stage are kept
         mcfg = copy.deepcopy(_VALIDATED[key])
     else:
-        mcfg = _validate(cfg, planned_first_stage)  # cheap checks first: a bad trainer value fails before any model import
+        mcfg = _validate(cfg, planned_first_stage)
         if model_class(cfg).first_stage_key is None:
             if len(_VALIDATED) > 256:  # a long-lived process (tests, a notebook) keeps the recent ones
                 _VALIDATED.clear()
@@ -281,7 +282,8 @@ def validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> 
     return mcfg
 
 
-def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> DictConfig:
+def _check_settings(cfg: DictConfig) -> None:
+    """The trainer's and the optimizer's values (cheap: no model, no data)."""
     t = cfg.trainer
     _check(str(t.recipe) in RECIPES, f"trainer.recipe must be one of {', '.join(RECIPES)}; got {t.recipe}")
     _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")
@@ -322,6 +324,11 @@ def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) ->
     for name, over in (cfg.optimizer.per_network or {}).items():
         lr = over.get("lr") if over is not None else None
         _check(lr is None or lr > 0, f"optimizer.per_network.{name}.lr must be > 0, got {lr}")
+
+
+def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> DictConfig:
+    """The checks of validate after _check_settings: the dataset's and the model's."""
+    t = cfg.trainer
     from genlab.data import expected_spec, sized
 
     spec = expected_spec(cfg.dataset)
