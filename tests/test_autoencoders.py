@@ -118,6 +118,26 @@ def test_vampprior_components_are_one_function_of_each_pseudo_input_in_training_
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
 
 
+def test_vampprior_evaluation_encodes_its_pseudo_inputs_once_and_scores_the_same():
+    """evaluate() encodes the K pseudo-inputs once, not at every chunk of every image, for the same NLL."""
+    from genlab.data import Data
+    from genlab.models.likelihood import LikelihoodModel
+
+    model = build("vampprior", "grid25", "model.eval_chunk=8").eval()
+    x = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    data = Data("points", "points", x, None, x, None)
+    k = model.cfg.prior_components
+    calls = []
+    model.encoder.register_forward_hook(lambda m, inp, out: calls.append(len(inp[0])))
+    cached = model.evaluate(data)
+    assert calls.count(k) == 1 and len(calls) > 3  # the test images in several batches, K once
+    calls.clear()
+    direct = LikelihoodModel.evaluate(model, data)  # the template alone: K encoded at every chunk
+    assert calls.count(k) > 3
+    assert cached["test_nll_nats"] == pytest.approx(direct["test_nll_nats"], rel=1e-6)
+    assert model._eval_prior is None  # released after the evaluation
+
+
 def test_vampprior_samples_come_from_its_components():
     model = build("vampprior").eval()
     mu, logvar = model.prior_components()
