@@ -57,7 +57,7 @@ def test_validate_is_handed_on_and_a_resume_builds_its_model_once(tmp_path, monk
     train(compose([*TOY, "trainer.max_steps=2"]), tmp_path / "first")
     checks, builds = [], []
     real_validate, real_init = config._validate, GAN.__init__
-    monkeypatch.setattr(config, "_validate", lambda cfg: checks.append(1) or real_validate(cfg))
+    monkeypatch.setattr(config, "_validate", lambda cfg, *a: checks.append(1) or real_validate(cfg, *a))
     monkeypatch.setattr(GAN, "__init__", lambda self, *a: builds.append(1) or real_init(self, *a))
     over = [*TOY, "trainer.max_steps=4", f"trainer.resume={tmp_path / 'first'}"]
     cli_cfg = compose(over)
