@@ -26,3 +26,26 @@ def source_commit() -> str:
 
 
 _COMMIT: str | None = None
+
+
+def machine_name() -> str:
+    """The CPU model and core count (and the first GPU's name when torch is already imported and sees
+    one): the machine a run trained on, recorded in status.json (`machines`) and the zoo's header."""
+    import os
+    import platform
+    import sys
+    from pathlib import Path
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    torch = sys.modules.get("torch")  # never imported for this: a torch-free caller gets the CPU alone
+    if torch is not None and torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text

@@ -318,3 +318,28 @@ def test_status_json_records_the_commits_that_trained_the_run(tmp_path, monkeypa
     monkeypatch.setattr(genlab, "_COMMIT", "bbb2222+changes")
     RunStatus(tmp_path).write("done")
     assert read_status(tmp_path)["commits"] == ["aaa1111", "bbb2222+changes"]
+
+
+def test_status_json_records_the_machines_that_trained_the_run(tmp_path, monkeypatch):
+    """The machine (CPU model and cores) is recorded the same way: a resume on another one appends it;
+    the zoo's header counts the jobs per machine, older records as 'not recorded'."""
+    import os
+
+    import genlab
+    from genlab.commands import zoo
+    from genlab.commands.sweep import RunStatus, read_status
+
+    here = genlab.machine_name()
+    assert here.endswith(f", {os.cpu_count()} cores")
+    RunStatus(tmp_path / "a").write("done")
+    RunStatus(tmp_path / "a").write("done")  # resumed on the same machine
+    assert read_status(tmp_path / "a")["machines"] == [here]
+    monkeypatch.setattr(genlab, "machine_name", lambda: "Other CPU, 64 cores")
+    RunStatus(tmp_path / "a").write("done")
+    assert read_status(tmp_path / "a")["machines"] == [here, "Other CPU, 64 cores"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "status.json").write_text('{"state": "done", "step": 3}')  # a record from before
+    cells = [zoo.Cell("x", "d", [], [0], tmp_path / "x"), zoo.Cell("y", "d", [], [0], tmp_path / "y")]
+    cells[0].job_dir = lambda s: tmp_path / "a"
+    cells[1].job_dir = lambda s: tmp_path / "b"
+    assert zoo.run_machines(cells) == f"{here}: 1 job(s); Other CPU, 64 cores: 1 job(s); not recorded: 1 job(s)"

@@ -43,8 +43,10 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
     assert "test_bits_per_dim_mean" in rows["vae"] and rows["vae"]["test_bits_per_dim_mean"] != ""
     assert rows["dcgan"]["test_bits_per_dim_mean"] == ""  # a GAN has no likelihood
     md = (out / "zoo.md").read_text()
+    import genlab
+
     for text in ("Protocol:", "64 samples per run", "feature network lenet-fashion_mnist", "real data (test split)",
-                 "commit", "cores"):
+                 "commit", "cores", f"runs trained on: {genlab.machine_name()}: 2 job(s)"):
         assert text in md, text
     from PIL import Image
 

@@ -39,14 +39,18 @@ class RunStatus:
         self.t0 = time.perf_counter()
         self.trainer = None
         self.objective: dict | None = None
-        from genlab import __version__, source_commit
+        from genlab import __version__, machine_name, source_commit
 
-        # The genlab commits that trained this run, oldest first: a resume at another commit appends its own.
-        earlier = (read_status(run_dir) or {}).get("commits") or [] if enabled else []
-        commits = [*earlier, source_commit()] if source_commit() not in earlier[-1:] else list(earlier)
+        # The genlab commits and the machines that trained this run, oldest first: a resume at another
+        # commit or on another machine appends its own.
+        before = (read_status(run_dir) or {}) if enabled else {}
+        commits, machines = (list(before.get(k) or []) for k in ("commits", "machines"))
+        for seen, now in ((commits, source_commit()), (machines, machine_name())):
+            if now not in seen[-1:]:
+                seen.append(now)
         self.record: dict = {"state": "running", "job": job, "overrides": list(overrides or []),
                              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "genlab": __version__,
-                             "commits": commits}
+                             "commits": commits, "machines": machines}
 
     def write(self, state: str, error: str | None = None) -> dict:
         r = self.record

@@ -21,7 +21,6 @@ import csv
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -558,23 +557,13 @@ def write_csv(path: Path, table: list[dict], columns: list[str]) -> None:
 
 def machine() -> str:
     """CPU model, cores and threads (and the GPU if one is there)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores"
-    try:
-        import torch
+    from genlab import machine_name
 
-        if torch.cuda.is_available():
-            text += f", GPU {torch.cuda.get_device_name(0)}"
+    try:
+        import torch  # noqa: F401 - so that machine_name can name a GPU
     except ImportError:
         pass
-    return text
+    return machine_name()
 
 
 def commit() -> str:
@@ -583,14 +572,29 @@ def commit() -> str:
     return source_commit()
 
 
-def run_commits(cells: list[Cell]) -> list[str]:
-    """The genlab commits the zoo's runs trained at (each run's status.json `commits`), in first-seen order."""
+def run_commits(cells: list[Cell], key: str = "commits") -> list[str]:
+    """The genlab commits (key="machines": the machines) the zoo's runs trained at, from each run's
+    status.json, in first-seen order."""
     seen: dict[str, None] = {}
     for c in cells:
         for s in c.seeds:
-            for k in job_state(c.job_dir(s)).get("commits") or []:
+            for k in job_state(c.job_dir(s)).get(key) or []:
                 seen.setdefault(str(k))
     return list(seen)
+
+
+def run_machines(cells: list[Cell]) -> str:
+    """Which machines trained the zoo's finished jobs, with their counts ('not recorded' for runs from
+    before status.json kept it)."""
+    counts: dict[str, int] = {}
+    for c in cells:
+        for s in c.seeds:
+            st = job_state(c.job_dir(s))
+            if st["state"] == "pending":
+                continue
+            for m in st.get("machines") or ["not recorded"]:
+                counts[m] = counts.get(m, 0) + 1
+    return "; ".join(f"{m}: {n} job(s)" for m, n in counts.items()) or "none yet"
 
 
 def floor_rows(protocol: dict, columns: list[str]) -> list[dict]:
@@ -625,7 +629,7 @@ def markdown(table: list[dict], floors: list[dict], columns: list[str], header: 
 
 
 def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], started: str,
-                    commits: list[str] = (), two_stage: list[str] = ()) -> list[str]:
+                    commits: list[str] = (), two_stage: list[str] = (), machines: str = "") -> list[str]:
     from genlab import __version__
 
     lines = [f"# {title}", "", "Protocol:"]
@@ -650,6 +654,8 @@ def protocol_header(title: str, opts, protocol: dict, passthrough: list[str], st
     trained = ", ".join(commits) if commits else "not recorded (runs before status.json kept commits)"
     lines.append(f"- genlab {__version__}, tabulated at commit {commit()}, runs trained at {trained}; "
                  f"machine: {machine()}; overrides of every job: `{' '.join(passthrough) or '(none)'}`")
+    if machines:
+        lines.append(f"- runs trained on: {machines}")
     try:
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
@@ -795,7 +801,8 @@ def run(args: list[str]) -> int:
     table = rows(cells, columns)
     title = suite.title if suite else f"genlab zoo: every model at zoo.budget={opts.budget}"
     two_stage = sorted({f"{c.label} on {c.first_stage.label}" for c in cells if c.first_stage is not None})
-    header = protocol_header(title, opts, protocol, passthrough, started, run_commits(cells), two_stage)
+    header = protocol_header(title, opts, protocol, passthrough, started, run_commits(cells), two_stage,
+                             run_machines(cells))
     if suite is not None:
         header[3] = f"- {suite.protocol}"
     write_csv(out / "zoo.csv", table, columns)
