@@ -146,9 +146,8 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
-    from genlab.config import register_configs
-
     from genlab.cli import describe
+    from genlab.config import register_configs
 
     register_configs()
     with initialize_config_module("genlab.configs", version_base="1.3"):
@@ -572,13 +571,12 @@ def commit() -> str:
     return source_commit()
 
 
-def run_commits(cells: list[Cell], key: str = "commits") -> list[str]:
-    """The genlab commits (key="machines": the machines) the zoo's runs trained at, from each run's
-    status.json, in first-seen order."""
+def run_commits(cells: list[Cell]) -> list[str]:
+    """The genlab commits the zoo's runs trained at (each run's status.json `commits`), in first-seen order."""
     seen: dict[str, None] = {}
     for c in cells:
         for s in c.seeds:
-            for k in job_state(c.job_dir(s)).get(key) or []:
+            for k in job_state(c.job_dir(s)).get("commits") or []:
                 seen.setdefault(str(k))
     return list(seen)
 
