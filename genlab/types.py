@@ -51,6 +51,17 @@ def _one() -> float:
     return 1.0
 
 
+def plus(*terms):
+    """The sum of loss terms, leaving out absent ones (the Python number 0): `loss + 0.0` would cost an op and
+    an autograd node per update, and add nothing."""
+    total = 0.0
+    for t in terms:
+        if isinstance(t, (int, float)) and t == 0:
+            continue
+        total = t if isinstance(total, float) and total == 0 else total + t
+    return total
+
+
 @dataclass
 class StepContext:
     """What a step function may need from the loop: the global step, loss scaling for autograd.grad, and
@@ -60,6 +71,11 @@ class StepContext:
     scale: Callable[[torch.Tensor], torch.Tensor] = _identity
     inv_scale: Callable[[], float] = _one
     log: bool = True
+
+    @property
+    def scaled(self) -> bool:
+        """Whether losses handed to autograd.grad are loss-scaled (fp16); otherwise scale and inv_scale are identities."""
+        return self.scale is not _identity or self.inv_scale is not _one
 
 
 LossFn = Callable[[Batch, StepContext], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]

@@ -4,6 +4,7 @@
     python scripts/bench_loop.py --nets mlp --repeats 7 --core 1
     python scripts/bench_loop.py --pythonpath ../other-checkout   # measure another genlab (e.g. the old loop)
     python scripts/bench_loop.py --profile mlp                # where one Trainer step's time goes
+    python scripts/bench_loop.py --paired --repeats 10        # Trainer and bare steps interleaved in one process
 
 Both sides get the same networks, data tensors, optimizers and batch: WGAN-GP (5 critic steps per
 generator step), `mlp` on the 25-Gaussian grid (256-wide MLPs, batch 256) and `conv` on Fashion-MNIST
@@ -17,6 +18,11 @@ ratio Trainer/bare of the medians (the headline) and of the best runs.
 Three sides, not two: `bare` is the plain loop under glibc's malloc defaults (what a user's own
 script gets), `bare+mem` the same loop after genlab's `keep_freed_memory()` (engine/memory.py), so
 that the Trainer/bare+mem ratio is the loop's own overhead alone and Trainer/bare what a user sees.
+--paired answers the same question without the machine's drift: in each process every Trainer step is
+followed by one bare step on a second copy of the networks and data, each side timed by its own CPU
+seconds, so both sides see the same machine to within 150 ms; the processes differ by their memory
+layout, so the ratio is still given over several of them.
+
 Both nets run the papers' recipe (GENLAB_RECIPE=paper): on a CPU, trainer.recipe=auto would swap
 the conv nets for the CPU recipe's MLPs.
 """
@@ -65,8 +71,9 @@ def setup(net: str, log_every: int | None):
     return cfg, data, model
 
 
-def bare_loop(model, data, cfg, steps: int) -> None:
-    """WGAN-GP in the plainest PyTorch: the same networks, data sampler, optimizer settings and batch."""
+def bare_stepper(model, data, cfg):
+    """One generator step of WGAN-GP (n_critic critic steps first) in the plainest PyTorch: the same
+    networks, data sampler, optimizer settings and batch. Returns the step function."""
     import torch
 
     G, D = model.generator, model.discriminator
@@ -74,7 +81,8 @@ def bare_loop(model, data, cfg, steps: int) -> None:
     opt_g = torch.optim.Adam(G.parameters(), lr=lr, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr, betas=betas)
     bs, z_dim, n_critic, lam = int(cfg.trainer.batch_size), int(cfg.model.z_dim), int(cfg.model.n_critic), 10.0
-    for _ in range(steps):
+
+    def step() -> None:
         for p in D.parameters():
             p.requires_grad_(True)
         for p in G.parameters():
@@ -98,6 +106,14 @@ def bare_loop(model, data, cfg, steps: int) -> None:
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         opt_g.step()
+
+    return step
+
+
+def bare_loop(model, data, cfg, steps: int) -> None:
+    step = bare_stepper(model, data, cfg)
+    for _ in range(steps):
+        step()
 
 
 def trainer_loop(model, data, cfg, steps: int) -> None:
@@ -127,10 +143,49 @@ def child(net: str, kind: str, steps: int, log_every: int | None) -> None:
         memory = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(memory)
         memory.keep_freed_memory()
+    if kind == "paired":
+        return paired(net, cfg, data, model, steps, log_every)
     fn = trainer_loop if kind == "trainer" else bare_loop
     c0, t0 = time.process_time(), time.perf_counter()
     fn(model, data, cfg, steps)
     print(json.dumps({"cpu": time.process_time() - c0, "wall": time.perf_counter() - t0}))
+
+
+def paired(net: str, cfg, data, model, steps: int, log_every: int | None) -> None:
+    """Trainer and bare steps interleaved in one process, one bare step after every Trainer step.
+
+    A shared VM's speed drifts by several per cent within minutes, more than the 1-2 % this bench must
+    resolve; steps 150 ms apart see the same machine. The Trainer's step is the CPU time from the end of
+    one bare step to the start of the next (its whole loop body: steps, logging, the non-finite flag,
+    the budget and schedule checks); the bare step is a second copy of the same networks and data
+    (equal initialisation) driven by bare_stepper. Both run under the Trainer's keep_freed_memory(), so
+    only the loops differ. Prints per-step CPU seconds of both sides as JSON."""
+    from omegaconf import open_dict
+
+    from genlab.engine.trainer import Trainer
+
+    _, bare_data, bare_model = setup(net, log_every)
+    bare_step = bare_stepper(bare_model, bare_data, cfg)
+    times: dict[str, list[float]] = {"trainer": [], "bare": []}
+
+    class Paired(Trainer):
+        def _steps(self, t, bar):
+            self._mark = time.process_time()
+            return super()._steps(t, bar)
+
+        def due_by_time(self):  # called once per Trainer step, after its step and logging
+            c = time.process_time()
+            times["trainer"].append(c - self._mark)
+            bare_step()
+            self._mark = time.process_time()
+            times["bare"].append(self._mark - c)
+            return super().due_by_time()
+
+    with open_dict(cfg):
+        cfg.trainer.max_steps = steps
+    with tempfile.TemporaryDirectory() as d:
+        Paired(cfg, Path(d)).fit(model, data)
+    print(json.dumps(times))
 
 
 def profile(net: str, steps: int, log_every: int | None) -> None:
@@ -211,6 +266,24 @@ def stats(values: list[float]) -> str:
     return f"min {min(values):6.3f}  median {statistics.median(values):6.3f}  max {max(values):6.3f}"
 
 
+def paired_report(args, net: str, steps: int) -> None:
+    """--paired: per run, the Trainer's speed relative to the bare loop's over the same steps
+    (bare CPU seconds / Trainer CPU seconds, steps after --skip), and over blocks of 10 paired steps."""
+    print(f"\n## {net} paired: {' '.join(NETS[net][0])}, {steps} Trainer steps per run, each followed by one bare "
+          f"step in the same process; first {args.skip} left out")
+    runs = []
+    for r in range(args.repeats):
+        t = run_child(args, net, "paired", steps)
+        tr, ba = t["trainer"][args.skip:], t["bare"][args.skip:]
+        blocks = sorted(sum(ba[i:i + 10]) / sum(tr[i:i + 10]) for i in range(0, len(tr) - 9, 10))
+        runs.append(sum(ba) / sum(tr))
+        print(f"  run {r + 1}: Trainer {1000 * statistics.mean(tr):7.2f} ms/step, bare {1000 * statistics.mean(ba):7.2f}"
+              f" ms/step; ratio {runs[-1]:.4f}; blocks of 10: median {statistics.median(blocks):.4f}, "
+              f"range {blocks[0]:.3f}-{blocks[-1]:.3f}", flush=True)
+    print(f"  ratio Trainer/bare+mem over runs: {stats(runs)}")
+    print(f"  load average {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nets", default="mlp,conv", help="comma-separated: mlp, conv")
@@ -220,6 +293,9 @@ def main() -> None:
     p.add_argument("--log-every", type=int, default=None, help="trainer.log_every (default: the trainer's default)")
     p.add_argument("--pythonpath", default=str(REPO), help="the genlab checkout to measure (default: this one)")
     p.add_argument("--profile", default="", metavar="NET", help="print a cProfile of the Trainer's steps instead")
+    p.add_argument("--paired", action="store_true",
+                   help="interleave Trainer and bare steps in one process (immune to the machine's drift)")
+    p.add_argument("--skip", type=int, default=5, help="--paired: first steps of each run left out (warm-up)")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.core = args.core or None
@@ -234,6 +310,9 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     for net in args.nets.split(","):
         steps = args.steps or NETS[net][1]
+        if args.paired:
+            paired_report(args, net, steps)
+            continue
         sides = ("bare", "bare+mem", "trainer")
         sps: dict[str, list[float]] = {k: [] for k in sides}
         print(f"\n## {net}: {' '.join(NETS[net][0])}, {steps} steps per run (steps per CPU second; wall in brackets)")

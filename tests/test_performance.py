@@ -27,10 +27,64 @@ def test_gan_diagnostics_are_computed_only_where_they_are_written():
     torch.manual_seed(0)
     loss_quiet, quiet = gan.discriminator_step(batch, StepContext(0, log=False))
     assert {"wasserstein", "critic_real", "critic_fake", "gradient_penalty"} <= set(logs)
-    # The penalty is part of the loss anyway and augment.adapt reads real_sign at every update; the
-    # diagnostics are not computed.
-    assert set(quiet) == {"gradient_penalty", "real_sign"}
+    # The penalty is part of the loss anyway; the diagnostics, and E[sign D(real)] that only ADA reads at
+    # every update, are not computed.
+    assert set(quiet) == {"gradient_penalty"}
     assert loss_quiet.item() == loss_log.item()  # the objective does not depend on what is logged
+
+
+def test_the_identity_augmentation_is_skipped_and_only_adaptive_ones_get_real_sign_every_update():
+    from genlab.models import augment as aug
+
+    class Mine(aug.Augment):  # a user's augmentation: its forward is D's path, whatever it declares
+        def forward(self, x):
+            return x.flip(-1)
+
+    class Steered(aug.Augment):
+        def adapt(self, logs):
+            self.seen = logs["real_sign"]
+
+    built = {"identity": aug.Augment(), "mine": Mine(), "steered": Steered()}
+    assert [(k, a.active, a.reads_real_sign) for k, a in built.items()] == [
+        ("identity", False, False), ("mine", True, False), ("steered", False, True)]
+    assert aug.DiffAugment.forward is not aug.Augment.forward and aug.ADA.adapt is not aug.Augment.adapt
+
+    from genlab.config import model_class, validate
+    from genlab.data import Spec
+    from genlab.types import Batch, StepContext
+
+    cfg = compose(["model=wgan_gp", "dataset=grid25", "model.generator.hidden=8", "model.discriminator.hidden=8"])
+    gan = model_class(cfg)(validate(cfg), Spec("points", (2,)))
+    gan.augment = Steered()
+    _, quiet = gan.discriminator_step(Batch(torch.randn(16, 2)), StepContext(0, log=False))
+    gan.after_discriminator(quiet)
+    assert "real_sign" in quiet and torch.equal(gan.augment.seen, quiet["real_sign"])
+
+
+def test_loss_terms_leave_out_absent_ones_and_keep_the_value_bit_for_bit():
+    from genlab.types import plus
+
+    a, b = torch.randn((), requires_grad=True), torch.randn((), requires_grad=True)
+    assert plus(a, 0.0, 0) is a and plus(0.0, 0) == 0.0
+    assert torch.equal(plus(a, 0.0, b), 0.0 + a + b) and torch.equal(plus(0.0, a, 2.0), a + 2.0)
+    total = plus(a, 0.0, b)
+    assert type(total.grad_fn).__name__ == "AddBackward0" and len(total.grad_fn.next_functions) == 2
+
+
+def test_the_first_non_finite_step_is_found_across_folds_as_a_scan_finds_it():
+    from genlab.engine.scalars import _FOLD, FirstNonFinite
+
+    never = 2**62
+    for bad in ([], [3], [_FOLD + 5, 2 * _FOLD + 1], [_FOLD, _FOLD + 1], [7, 2]):
+        w = FirstNonFinite(never, "cpu")
+        values = [float("nan") if s in bad[::2] else float("inf") if s in bad[1::2] else float(s)
+                  for s in range(1, 3 * _FOLD)]
+        for s, v in enumerate(values, start=1):
+            w.add(s, torch.tensor(v, requires_grad=True) * 1.0)
+            if s == _FOLD + 3:  # a read in between (a logging step) folds early
+                w.flag()
+        scan = next((s for s, v in enumerate(values, start=1) if not torch.isfinite(torch.tensor(v))), never)
+        assert int(w.flag()) == scan and w.flag().dtype == torch.int64
 
 
 def _faults_after_reuse(keep: bool) -> int:

@@ -102,7 +102,7 @@ class Data:
             self._pos += len(take)
             n -= len(take)
             out.append(take)
-        return torch.cat(out)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def shard(self, rank: int, world: int) -> None:
         """Draw as rank `rank` of `world`: each draws the same global batch of world x batch_size and keeps its slice."""

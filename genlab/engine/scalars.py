@@ -22,7 +22,7 @@ class WindowMeans:
         for k, v in logs.items():
             key = f"{prefix}/{k}"
             vals = self.values.setdefault(key, [])
-            vals.append(v.detach())
+            vals.append(v.detach() if v.requires_grad else v)
             if len(vals) >= _FOLD:
                 self._fold(key)
 
@@ -46,3 +46,34 @@ class WindowMeans:
         counts = torch.stack([self.partial[k][1] for k in keys]).float()
         self.partial = {}
         return dict(zip(keys, (sums / counts).tolist()))
+
+
+class FirstNonFinite:
+    """The first step whose loss was not finite, kept on the device without an op per update.
+
+    Each update's loss is kept (detached); the kept losses are checked in one stacked operation every
+    _FOLD updates or when the flag is read (logging and saving read it; under torchrun every step
+    does), so divergence is still named at the step it happened.
+    """
+
+    def __init__(self, never: int, device):
+        self.first = torch.full((), never, dtype=torch.int64, device=device)
+        self.never = never
+        self.losses: list[torch.Tensor] = []
+        self.steps: list[int] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.losses.append(loss.detach())
+        self.steps.append(step)
+        if len(self.losses) >= _FOLD:
+            self.flag()
+
+    def flag(self) -> torch.Tensor:
+        """The first non-finite step as an int64 tensor on the device (`never` while every loss was finite)."""
+        if self.losses:
+            v = torch.stack([x.reshape(()) for x in self.losses])
+            steps = torch.tensor(self.steps, dtype=torch.int64).to(v.device, non_blocking=True)
+            first = torch.where(torch.isfinite(v), self.never, steps).min()
+            self.first = torch.minimum(self.first, first)
+            self.losses, self.steps = [], []
+        return self.first

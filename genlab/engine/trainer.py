@@ -27,7 +27,7 @@ from genlab.engine import distributed, signals, tb_layout, writers
 from genlab.engine.budget import parse_duration
 from genlab.engine.memory import keep_freed_memory
 from genlab.engine.precision import Precision
-from genlab.engine.scalars import WindowMeans
+from genlab.engine.scalars import FirstNonFinite, WindowMeans
 from genlab.errors import GenlabError
 from genlab.seeds import derive
 from genlab.types import Batch
@@ -35,7 +35,7 @@ from genlab.types import Batch
 log = logging.getLogger("genlab")
 
 
-_NEVER = distributed.NEVER  # _bad_step's value while every loss was finite
+_NEVER = distributed.NEVER  # the non-finite flag's value while every loss was finite
 
 
 def build_optimizer(opt_cfg, params, network: str, ratio: float = 1.0) -> torch.optim.Optimizer:
@@ -103,7 +103,7 @@ class Trainer:
         self._saved_step: int | None = None  # the step last.pt holds
         self.best: dict | None = None  # {"metric", "value", "step"} of checkpoints/best.pt
         self.eval_seconds = 0.0  # periodic evaluation's share of the run (perf/eval_seconds per evaluation)
-        self._bad_step: torch.Tensor | None = None  # on-device: first step whose loss was not finite
+        self._nonfinite: FirstNonFinite | None = None  # on-device: the first step whose loss was not finite
         self.stopped_by: int | None = None  # the signal that ended training early
         self.stopped_during: str | None = None  # what it interrupted after the last checkpoint, if anything
         self.max_seconds = parse_duration(self.tcfg.max_time)
@@ -235,7 +235,7 @@ class Trainer:
         # Watching losses for nan/inf costs no sync: a flag on the device, read when logging or saving.
         # fp16 skips non-finite steps by design; there the loss scale is watched instead.
         if self.precision.mode != "16":
-            self._bad_step = torch.full((), _NEVER, dtype=torch.int64, device=self.device)
+            self._nonfinite = FirstNonFinite(_NEVER, self.device)
         # Under torchrun the ranks' own handlers (distributed.Dist.catch_signals) mark the stop.
         catch = contextlib.nullcontext() if self.dist.enabled else signals.stop_on_signals()
         try:
@@ -303,7 +303,7 @@ class Trainer:
         the gradient norm is taken only there; what stays per update is the loss in the log window and
         the on-device non-finite flag.
         """
-        window = WindowMeans()
+        window, nonfinite = WindowMeans(), self._nonfinite
         by_time = self.max_seconds is not None  # the bar counts training seconds, not steps
         tick, tick_step = time.perf_counter(), self.step
         self.started = self.clock()
@@ -328,9 +328,8 @@ class Trainer:
                                                             need_norm=log_now)
                     if s.after is not None:
                         s.after(logs)
-                    if self._bad_step is not None:  # divergence is caught at the step it happens
-                        ok = torch.isfinite(loss.detach())
-                        self._bad_step = torch.where(ok, self._bad_step, self._bad_step.clamp_max(self.step + 1))
+                    if nonfinite is not None:  # divergence is caught at the step it happens
+                        nonfinite.add(self.step + 1, loss)
                     if log_every:
                         # Non-finite values are left out of the window's average (with fp16 they mark
                         # steps the GradScaler skipped); a window with no finite value at all is divergence.
@@ -370,7 +369,8 @@ class Trainer:
             if (checkpoint_every and self.step % checkpoint_every == 0) or "checkpoint" in due:
                 self.save()
             # Under torchrun one all-reduce tells every rank of a signal or a divergence on any rank.
-            self.stopped_by, bad = self.dist.agree(self._bad_step, read=False)
+            self.stopped_by, bad = self.dist.agree(nonfinite.flag() if nonfinite is not None and self.dist.enabled
+                                                   else None, read=False)
             self._diverged(bad)
             if self.stopped_by:
                 log.warning("rank %d: stopping at step %d (signal %d)", self.dist.rank, self.step, self.stopped_by)
@@ -392,8 +392,8 @@ class Trainer:
             p.requires_grad_(True)
 
     def _check_diverged(self) -> None:
-        if self._bad_step is not None:
-            self._diverged(self.dist.agree(self._bad_step)[1])
+        if self._nonfinite is not None:
+            self._diverged(self.dist.agree(self._nonfinite.flag())[1])
 
     def _diverged(self, bad: tuple[int, int] | None) -> None:
         """Raise, on every rank alike, for the first non-finite (step, rank); None: all finite."""

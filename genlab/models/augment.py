@@ -36,6 +36,11 @@ class Augment(nn.Module):
 
     def __init__(self, cfg=None, spec=None):
         super().__init__()
+        cls = type(self)
+        # An augmentation that keeps the identity's forward is skipped in D's path (a module call per D input
+        # saved), and one that keeps its adapt needs no E[sign D(real)] at every update (ADA's r_t).
+        self.active = cls.forward is not Augment.forward
+        self.reads_real_sign = cls.adapt is not Augment.adapt
 
     @classmethod
     def problem(cls, cfg, spec, loss) -> str | None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from genlab import nets
 from genlab.models.base import Batch
+from genlab.types import plus
 from genlab.models.gan import GAN, GANConfig, Side
 
 D_CONDITIONING = ("projection", "concat", "none")
@@ -187,7 +188,7 @@ class ConditionalGAN(GAN):
                         D_x_wrong_label=self.loss.belief(d_wrong.detach().float()).mean())
         if real.aux is not None:
             cls = self.class_loss(real.aux, real.cond) + self.class_loss(fake.aux, fake.cond)
-            extra = extra + self.cfg.class_weight * cls
+            extra = plus(extra, self.cfg.class_weight * cls)
             logs.update(class_loss=cls.detach(), class_accuracy_real=(real.aux.argmax(1) == real.cond).float().mean())
         return extra, logs
 

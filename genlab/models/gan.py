@@ -19,6 +19,7 @@ import torch
 from genlab import nets
 from genlab.models.augment import Augmentation, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
+from genlab.types import plus
 from genlab.models.ema import EMA
 from genlab.models.generator_objective import (GeneratorObjective, feature_matching, objective_problem, top_k,
                                                topk_count)
@@ -183,7 +184,8 @@ class GAN(Model):
 
         features=True gives D's penultimate features of the same view instead (the features() hook).
         """
-        x = self.augment(x)
+        if self.augment.active:  # the identity is not worth a module call per D input
+            x = self.augment(x)
         # Packing (PacGAN) joins m augmented samples here, before D's heads see them: one score per pack.
         x = pack(x, self.hot.pack)
         return self.features(x, cond) if features else self.heads(x, cond)
@@ -242,8 +244,10 @@ class GAN(Model):
         loss = self.discriminator_loss(real, fake)
         # What D believes costs a few reductions per update: measured only where it is written.
         logs = self.loss.diagnostics(real.d.detach().float(), fake.d.detach().float()) if ctx.log else {}
-        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), read by augment.adapt at every update
-        logs["real_sign"] = real.d.detach().float().sign().mean()
+        # E[sign D(real)]: ADA's overfitting heuristic r_t (Karras et al. 2020), which ADA's adapt reads at every
+        # update; other augmentations need it only where it is written.
+        if ctx.log or self.augment.reads_real_sign:
+            logs["real_sign"] = real.d.detach().float().sign().mean()
         logs.update(self.augment.stats())
         extra, more = self.discriminator_terms(real, fake, batch)
         if more:
@@ -251,7 +255,7 @@ class GAN(Model):
             logs.update(more)
         penalty, more = self.regularisers(lambda x: self.discriminate(x, real.cond)[0], real, fake, ctx, self.lecam)
         logs.update(more)
-        return loss + extra + penalty, logs
+        return plus(loss, extra, penalty), logs
 
     def regularisers(self, critic, real: "Side", fake: "Side", ctx: StepContext, anchors) -> tuple[Any, dict]:
         """One discriminator's regularisers and their logs, written once for every D (CycleGAN has two):
@@ -259,7 +263,7 @@ class GAN(Model):
         penalty, logs = penalty_terms(self.hot, critic, real.x, fake.x, ctx, group=self.hot.pack)
         if anchors is not None:
             reg = anchors(real.d, fake.d)
-            penalty = penalty + self.hot.lecam_weight * reg
+            penalty = plus(penalty, self.hot.lecam_weight * reg)
             logs["lecam"] = reg.detach()
         return penalty, logs
 
@@ -287,11 +291,11 @@ class GAN(Model):
             with torch.no_grad():
                 real_features = self.discriminate(batch.x, self.real_condition(batch), features=True)
             fm = feature_matching(real_features, self.discriminate(x, cond, features=True))
-            extra = extra + self.hot.feature_matching_weight * fm
+            extra = plus(extra, self.hot.feature_matching_weight * fm)
             logs["feature_matching"] = fm.detach()
         if logs:
             logs = {"adversarial": adv.detach(), **logs}
-        return adv + extra, logs
+        return plus(adv, extra), logs
 
     @torch.no_grad()
     def sample(self, n, *, generator=None, labels=None, noise=None, **kwargs):

@@ -8,14 +8,15 @@ from typing import Callable, Optional
 
 import torch
 
-from genlab.types import StepContext
+from genlab.types import StepContext, plus
 
 
 def interpolates(real: torch.Tensor, fake: torch.Tensor, group: int = 1) -> torch.Tensor:
     """Points on straight lines between real and fake samples, one uniform alpha per sample (per pack of
     `group` samples when D judges packs: the line runs between a real and a fake pack)."""
     alpha = torch.rand(real.shape[0] // group, *([1] * (real.dim() - 1)), device=real.device, dtype=real.dtype)
-    alpha = alpha.repeat_interleave(group, 0)
+    if group > 1:
+        alpha = alpha.repeat_interleave(group, 0)
     return alpha * real + (1 - alpha) * fake
 
 
@@ -26,10 +27,14 @@ def input_gradients(critic, x: torch.Tensor, ctx: StepContext | None = None, gro
     Follows PyTorch's AMP recipe: the output handed to autograd.grad is scaled so small fp16
     gradients do not underflow, and the resulting input gradient is unscaled before the norm.
     """
-    ctx = ctx or StepContext(0)
     x = x.detach().requires_grad_(True)
     out = critic(x)
-    (grad,) = torch.autograd.grad(ctx.scale(out.float().sum()), x, create_graph=True)
+    if out.dtype != torch.float32:
+        out = out.float()
+    if ctx is None or not ctx.scaled:  # fp32 and bf16: no scaling, and no identity ops in the double backward
+        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+        return (grad if grad.dtype == torch.float32 else grad.float()).reshape(x.shape[0] // group, -1)
+    (grad,) = torch.autograd.grad(ctx.scale(out.sum()), x, create_graph=True)
     return grad.float().reshape(x.shape[0] // group, -1) * ctx.inv_scale()
 
 
@@ -167,19 +172,19 @@ def penalty_terms(cfg, critic, real: torch.Tensor, fake: torch.Tensor, ctx: Step
     extra, logs = 0.0, {}
     if cfg.gp_weight > 0:
         gp = gradient_penalty(critic, interpolates(real, fake, group), ctx, cfg.gp_center, group)
-        extra = extra + cfg.gp_weight * gp
+        extra = plus(extra, cfg.gp_weight * gp)
         logs["gradient_penalty"] = gp.detach()
     if cfg.dragan_weight > 0:
         gp = gradient_penalty(critic, perturbed(real, cfg.dragan_scale, group), ctx, 1.0, group)
-        extra = extra + cfg.dragan_weight * gp
+        extra = plus(extra, cfg.dragan_weight * gp)
         logs["dragan_penalty"] = gp.detach()
     if cfg.div_weight > 0:
         div = divergence_penalty(critic, interpolates(real, fake, group), ctx, cfg.div_power, group)
-        extra = extra + cfg.div_weight * div
+        extra = plus(extra, cfg.div_weight * div)
         logs["div_penalty"] = div.detach()
     if cfg.r1_weight > 0 and not lazy_r1(cfg):
         r1, more = r1_term(cfg, critic, real, ctx, group)
-        extra = extra + r1
+        extra = plus(extra, r1)
         logs.update(more)
     return extra, logs
 
