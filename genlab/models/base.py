@@ -130,8 +130,20 @@ class Model(nn.Module):
         shape = self.latent_shape()
         if shape is None:
             return None
-        dev = generator.device if generator is not None else next(self.parameters()).device
+        dev = generator.device if generator is not None else self.parameter_device()
         return torch.randn(n, *shape, generator=generator, device=dev)
+
+    def parameter_device(self) -> torch.device:
+        """The device of the model's parameters, looked up once per move (a walk over the modules per
+        latent batch was a measurable part of a small GAN's update)."""
+        dev = self.__dict__.get("_parameter_device")
+        if dev is None:
+            dev = self.__dict__["_parameter_device"] = next(self.parameters()).device
+        return dev
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .cpu(), ...: the parameters may have moved
+        self.__dict__.pop("_parameter_device", None)
+        return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
     def visuals(self, fixed: dict, data) -> dict[str, torch.Tensor]:
