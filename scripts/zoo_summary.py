@@ -36,12 +36,14 @@ def main(argv=None) -> int:
     done = [r for r in rows if r["status"] == "done"]
     key = f"{a.sort}_mean"
     done.sort(key=lambda r: (r.get(key) in ("", None), float(r[key]) if r.get(key) not in ("", None) else 0.0))
-    head = ["model", "dataset", "recipe", *[c[1] for c in cols]]
+    target = any(r.get("target") for r in rows)  # zoo.md's target: FID below the blurred floor's, every class
+    head = ["model", "dataset", "recipe", *[c[1] for c in cols], *(["target"] if target else [])]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in done:
         print("| " + " | ".join([f"`{r['model']}`", r["dataset"], r.get("recipe", ""),
-                                 *[fmt(r.get(f"{c[0]}_mean"), c[2]) for c in cols]]) + " |")
+                                 *[fmt(r.get(f"{c[0]}_mean"), c[2]) for c in cols],
+                                 *([r.get("target", "")] if target else [])]) + " |")
     rest = [r for r in rows if r["status"] != "done"]
     if rest:
         print()

@@ -40,12 +40,16 @@ def test_tiny_zoo_end_to_end(tmp_path, mnist_root):
         assert float(row["s_per_1k_samples_mean"]) > 0
         history = [json.loads(x) for x in (job / "eval_history.jsonl").read_text().splitlines()]
         assert history[-1]["step"] == st["step"]  # the curve ends where training did
+        blurred = next(v for k, v in ev["floor_blurred"].items() if k.startswith("fid["))
+        classes = next(v for k, v in ev["values"].items() if k.startswith("classes_covered"))
+        all_classes = next(v for k, v in ev["floor"].items() if k.startswith("classes_covered"))
+        assert (row["target"] == "met") == (fid < blurred and classes >= all_classes), row["target"]
     assert "test_bits_per_dim_mean" in rows["vae"] and rows["vae"]["test_bits_per_dim_mean"] != ""
     assert rows["dcgan"]["test_bits_per_dim_mean"] == ""  # a GAN has no likelihood
     md = (out / "zoo.md").read_text()
     import genlab
 
-    for text in ("Protocol:", "64 samples per run", "feature network lenet-fashion_mnist", "real data (test split)",
+    for text in ("Protocol:", "64 samples per run", "target: FID below the blurred floor's", "feature network lenet-fashion_mnist", "real data (test split)",
                  "commit", "cores", f"runs trained on: {genlab.machine_name()}: 2 job(s)"):
         assert text in md, text
     from PIL import Image
@@ -212,3 +216,24 @@ def test_jobs_are_counted_per_training_of_the_feature_network():
     assert protocol["fashion_mnist"]["net_trainings"] == {"lenet-x (test accuracy 0.9031), weights aaa": 1,
                                                          "lenet-x (test accuracy 0.9032), weights bbb": 4}
     assert protocol["fashion_mnist"]["feature_networks"] == old["feature_networks"]  # the first job's protocol
+
+
+def test_the_target_says_met_or_what_is_missing_against_the_blurred_floor_and_the_classes():
+    floors = [{"label": "real", "dataset": "d", "kind": "floor", "fid": (0.1, 0.0, 1), "classes_covered": (10, 0.0, 1)},
+              {"label": "blurred", "dataset": "d", "kind": "floor_blurred", "fid": (100.0, 0.0, 1),
+               "classes_covered": (10, 0.0, 1)}]
+    table = [{"dataset": "d", "fid": (99.0, 1.0, 2), "classes_covered": (10, 0.0, 2)},
+             {"dataset": "d", "fid": (100.0, 0.0, 1), "classes_covered": (10, 0.0, 1)},
+             {"dataset": "d", "fid": (30.0, 0.0, 1), "classes_covered": (7, 0.0, 1)},
+             {"dataset": "d", "fid": (130.0, 0.0, 1), "classes_covered": (9.5, 0.5, 2)},
+             {"dataset": "d", "fid": None, "test_bits_per_dim": (3.0, 0.0, 1)},
+             {"dataset": "points", "fid": (0.2, 0.0, 1)}]  # no blurred floor for points
+    assert zoo.targets(table, floors)
+    assert [r["target"] for r in table] == [
+        "met", "FID not below the blurred floor's 100", "7 of 10 classes",
+        "FID not below the blurred floor's 100; 9.5 ± 0.5 of 10 classes", "", ""]
+    assert not zoo.targets(table[4:], floors)
+    row = {"label": "m", "seeds": 2, "recipe": "cpu", "status": "done", "error": "", "steps": None, "steps_per_s": None,
+           "train_s": None, "s_per_1k_samples": None, **table[0]}
+    md = zoo.markdown([row], floors, ["fid"], ["# t"], target=True)
+    assert md.splitlines()[2].split(" | ")[-3] == "target" and "| met |" in md
