@@ -173,13 +173,13 @@ def paired(net: str, cfg, data, model, steps: int, log_every: int | None) -> Non
             self._mark = time.process_time()
             return super()._steps(t, bar)
 
-        def due_by_time(self):  # called once per Trainer step, after its step and logging
+        def out_of_time(self, *args):  # called once per Trainer step, after its updates and logging
             c = time.process_time()
             times["trainer"].append(c - self._mark)
             bare_step()
             self._mark = time.process_time()
             times["bare"].append(self._mark - c)
-            return super().due_by_time()
+            return super().out_of_time(*args)
 
     with open_dict(cfg):
         cfg.trainer.max_steps = steps
