@@ -246,6 +246,13 @@ def precheck(command: str, overrides: list[str], multirun: bool) -> None:
     from genlab.errors import GenlabError
 
     check_groups(overrides)
+    if command == "train":
+        from genlab.config import check_given_settings
+
+        try:  # a bad trainer value on the command line fails before the composition (most of this check's time)
+            check_given_settings(overrides)
+        except GenlabError as e:
+            fail(str(e))
     register_configs()
     flight = None
     for combo in combinations(overrides, multirun):

@@ -282,8 +282,38 @@ def validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) -> 
     return mcfg
 
 
-def _check_settings(cfg: DictConfig) -> None:
-    """The trainer's and the optimizer's values (cheap: no model, no data)."""
+_PLAIN = re.compile(r"[\w.+-]*")  # a value Hydra and YAML read alike: no quotes, lists, sweeps or interpolations
+
+
+def check_given_settings(overrides: list[str]) -> None:
+    """The trainer.* values given on the command line, each checked on its own before anything is composed.
+
+    A command-line override is the value the run gets whatever the config files say, so a value that fails
+    a check of its own (trainer.max_steps=-1, trainer.max_time=abc) fails here with the message validate()
+    would give after composing, in a fraction of the time. Checks between two values, and values that are
+    not plain scalars (sweeps, interpolations, lists) or do not fit the schema, are left to validate()."""
+    import yaml
+
+    t = None
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if not sep or not key.startswith("trainer.") or not _PLAIN.fullmatch(value):
+            continue
+        if t is None:
+            t = OmegaConf.structured(TrainerConfig)
+        try:
+            OmegaConf.update(t, key[len("trainer."):], yaml.safe_load(value), merge=True)
+        except (OmegaConfBaseException, yaml.YAMLError):
+            return  # a key or type the schema does not take: Hydra's composition names it
+    if t is not None:
+        _check_settings(OmegaConf.create({"trainer": t, "optimizer": {"lr": 1.0}}), alone=True)
+
+
+def _check_settings(cfg: DictConfig, alone: bool = False) -> None:
+    """The trainer's and the optimizer's values (cheap: no model, no data).
+
+    alone: only the checks of one value each (check_given_settings: the others are the schema's defaults,
+    not the run's values)."""
     t = cfg.trainer
     _check(str(t.recipe) in RECIPES, f"trainer.recipe must be one of {', '.join(RECIPES)}; got {t.recipe}")
     _check(t.max_steps >= 0, f"trainer.max_steps must be >= 0, got {t.max_steps}")
@@ -295,7 +325,7 @@ def _check_settings(cfg: DictConfig) -> None:
     for k in ("log_every", "sample_every", "checkpoint_every", "eval_every"):
         _check(t[k] >= 0, f"trainer.{k} must be >= 0 (0 turns it off), got {t[k]}")
     _check(t.best_mode in ("min", "max"), f"trainer.best_mode must be min or max, got {t.best_mode}")
-    _check(not t.best_metric or t.eval_every > 0,
+    _check(alone or not t.best_metric or t.eval_every > 0,
            f"trainer.best_metric={t.best_metric} needs trainer.eval_every > 0 (evaluation makes the metric)")
     _check(t.eval_samples >= 2, f"trainer.eval_samples must be >= 2, got {t.eval_samples}")
     for k in ("eval_reference", "eval_nll_images", "eval_nll_k", "eval_featurenet_images"):
@@ -318,6 +348,8 @@ def _check_settings(cfg: DictConfig) -> None:
     _check(not t.objective or better(t.objective) in ("lower", "higher"),
            f"trainer.objective={t.objective} is not a metric with a direction; use e.g. fid, modes, high_quality, "
            "test_bits_per_dim")
+    if alone:
+        return
     _check(not (t.sync_batchnorm and str(t.device) == "cpu"),
            "trainer.sync_batchnorm=true needs CUDA devices (SyncBatchNorm has no CPU kernel); leave it false on CPU")
     _check(cfg.optimizer.lr > 0, f"optimizer.lr must be > 0, got {cfg.optimizer.lr}")

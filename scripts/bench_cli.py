@@ -29,7 +29,8 @@ from bench_loop import commit, cpu_model  # noqa: E402 - the scripts folder is n
 
 COMMANDS = (["train", "--help"], ["eval", "--help"], ["train", "--cfg", "job"],
             ["train", "--cfg", "job", "model=vae", "dataset=fashion_mnist"],
-            ["train", "trainer.max_steps=-1"], ["train", "model=nope"], ["eval", "run=/nonexistent"])
+            ["train", "trainer.max_steps=-1"], ["train", "trainer.max_time=abc"], ["train", "model=nope"],
+            ["train", "model=cyclegan", "dataset=grid25"], ["eval", "run=/nonexistent"])
 
 
 def timed(cmd: list[str], checkout: Path, core: str | None) -> tuple[float, float, int]:

@@ -202,3 +202,47 @@ def test_eval_caps_bound_the_periodic_evaluation_and_debug_bounds_still_hold():
     assert [eval_bound(debug.trainer, k) for k in ("samples", "nll_images", "nll_k")] == [64, 16, 4]
     open_ = compose(["model=ddpm", "dataset=fashion_mnist", "trainer.recipe=cpu", "trainer.eval_nll_images=null"])
     assert eval_bound(open_.trainer, "nll_images") == 100  # no trainer bound: the cap alone
+
+
+SINGLE_BAD = ["trainer.max_steps=-1", "trainer.batch_size=0", "trainer.precision=8", "trainer.log_every=-1",
+              "trainer.eval_samples=1", "trainer.grad_clip=0", "trainer.max_time=abc", "trainer.max_time_clock=gpu",
+              "trainer.recipe=fast", "trainer.num_threads=0", "trainer.eval_caps.samples=1", "trainer.objective=nonsense",
+              "trainer.device=tpu", "trainer.best_mode=up"]
+
+
+@pytest.mark.parametrize("override", SINGLE_BAD)
+def test_a_bad_trainer_value_on_the_command_line_fails_before_composing_as_it_fails_after(override):
+    from genlab.config import check_given_settings
+
+    with pytest.raises(GenlabError) as composed:
+        validate(compose([override]))
+    with pytest.raises(GenlabError) as given:
+        check_given_settings(["model=vae", override, "dataset=mnist"])
+    assert str(given.value) == str(composed.value)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.best_metric=fid"],  # needs eval_every > 0, which an experiment file may set: checked after composing
+    ["trainer.sync_batchnorm=true"],  # needs a CUDA device, named elsewhere
+    ["trainer.max_steps=${oc.env:STEPS,-1}"], ["trainer.max_steps=-1,5"], ["trainer.max_steps=[1]"],  # not plain
+    ["trainer.max_steps=abc"], ["trainer.nope=1"],  # the schema's errors: Hydra's composition names them
+    ["model=vae", "trainer.max_steps=5", "trainer.eval_caps.samples=null"],
+])
+def test_values_checked_before_composing_are_only_those_that_fail_on_their_own(overrides):
+    from genlab.config import TrainerConfig, _check_settings, check_given_settings
+
+    check_given_settings(overrides)
+    # the schema's defaults, which stand in for every value not given, pass every check
+    _check_settings(OmegaConf.create({"trainer": OmegaConf.structured(TrainerConfig),
+                                      "optimizer": {"lr": 1.0, "per_network": {}}}))
+
+
+def test_the_metric_table_and_the_settings_checks_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom genlab.config import check_given_settings\nfrom genlab.metrics.table import better\n"
+            "assert better('fid') == 'lower'\ntry:\n    check_given_settings(['trainer.objective=nonsense'])\n"
+            "except Exception as e:\n    print(e)\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0].startswith("trainer.objective=nonsense is not a metric") and out[1] == "False"

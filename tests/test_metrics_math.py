@@ -10,8 +10,11 @@ import torch
 from genlab.data.toy import GRID25_STD, RING8_STD, grid25_centers, ring8_centers
 from genlab.metrics import (
     bits_per_dim, class_coverage, conditional_accuracy, feature_stats, fid_from_features, fid_from_stats,
-    inception_score, kid, logmeanexp, memorization_ratio, mode_metrics, nats_from_bpd, nearest_neighbours, prdc,
+    logmeanexp, memorization_ratio, mode_metrics, nats_from_bpd, nearest_neighbours,
 )
+from genlab.metrics.inception_score import inception_score
+from genlab.metrics.kid import kid
+from genlab.metrics.prdc import prdc
 
 
 def gen(seed: int) -> torch.Generator:

@@ -1,16 +1,30 @@
-"""Evaluation maths on tensors: FID, KID, IS, PRDC, toy modes, memorisation, classes, likelihood."""
+"""Evaluation maths on tensors: FID, KID, IS, PRDC, toy modes, memorisation, classes, likelihood.
 
-from genlab.metrics.classes import class_coverage, conditional_accuracy
-from genlab.metrics.frechet import feature_stats, fid_from_features, fid_from_stats
-from genlab.metrics.inception_score import inception_score
-from genlab.metrics.kid import imq_kernel, kid, mmd2, mmd2_unbiased, polynomial_kernel, rbf_kernel
-from genlab.metrics.likelihood import bits_per_dim, logmeanexp, nats_from_bpd
-from genlab.metrics.memorization import memorization_ratio, nearest_neighbours
-from genlab.metrics.prdc import prdc
-from genlab.metrics.toy import mode_metrics
+The functions are imported on first use (PEP 562), so that what needs no tensor maths (the metric
+table's names and directions, `genlab.metrics.table`) imports this package without torch: the CLI
+checks a config's `trainer.objective` in a few milliseconds. `kid`, `prdc` and `inception_score` are
+also the names of their modules, so they are imported from those: `from genlab.metrics.kid import kid`.
+"""
 
-__all__ = [
-    "bits_per_dim", "class_coverage", "conditional_accuracy", "feature_stats", "fid_from_features",
-    "fid_from_stats", "inception_score", "kid", "logmeanexp", "memorization_ratio", "mmd2", "mmd2_unbiased", "imq_kernel", "rbf_kernel",
-    "nats_from_bpd", "nearest_neighbours", "polynomial_kernel", "prdc", "mode_metrics",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "class_coverage": "classes", "conditional_accuracy": "classes",
+    "feature_stats": "frechet", "fid_from_features": "frechet", "fid_from_stats": "frechet",
+    "imq_kernel": "kid", "mmd2": "kid", "mmd2_unbiased": "kid", "polynomial_kernel": "kid", "rbf_kernel": "kid",
+    "bits_per_dim": "likelihood", "logmeanexp": "likelihood", "nats_from_bpd": "likelihood",
+    "memorization_ratio": "memorization", "nearest_neighbours": "memorization",
+    "mode_metrics": "toy",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
