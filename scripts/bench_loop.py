@@ -46,6 +46,9 @@ NETS = {
     # net: (overrides, default steps)
     "mlp": (["experiment=grid25_wgan_gp"], 300),
     "conv": (["model=wgan_gp", "dataset=fashion_mnist"], 60),
+    # 8-wide MLPs, batch 8: a step is almost all per-op and per-call overhead, so the loop's own cost shows
+    "tiny": (["experiment=grid25_wgan_gp", "model.generator.hidden=8", "model.discriminator.hidden=8",
+              "trainer.batch_size=8"], 400),
 }
 
 
@@ -286,7 +289,7 @@ def paired_report(args, net: str, steps: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--nets", default="mlp,conv", help="comma-separated: mlp, conv")
+    p.add_argument("--nets", default="mlp,conv", help="comma-separated: mlp, conv, tiny")
     p.add_argument("--repeats", type=int, default=5, help="runs of each side per net (alternating order)")
     p.add_argument("--steps", type=int, default=None, help="trainer steps per run (default: mlp 300, conv 60)")
     p.add_argument("--core", default="1", help="taskset core list for every run ('' = not pinned)")
