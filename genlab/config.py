@@ -375,6 +375,10 @@ def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) ->
     mcfg = typed_model_config(cfg)
     problem = model_class(cfg).check(mcfg, spec)
     _check(problem is None, f"{problem}")
+    _check(not (model_class(cfg).translates and (t.eval_every or t.eval_every_time)),
+           f"model {cfg.model.name} translates images between two domains: there are no samples for "
+           "trainer.eval_every / trainer.eval_every_time to score; set trainer.eval_every=0 trainer.eval_every_time=null "
+           "(genlab sample run=DIR input=test translates test images)")
     pack = int(mcfg.get("pack", 1) or 1)  # PacGAN: D's batch is trainer.batch_size / model.pack packs
     _check(t.batch_size % pack == 0, f"model.pack={pack} needs trainer.batch_size divisible by it, got "
            f"{t.batch_size}; e.g. trainer.batch_size={t.batch_size // pack * pack or pack}")

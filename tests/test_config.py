@@ -246,3 +246,10 @@ def test_the_metric_table_and_the_settings_checks_import_no_torch():
             "except Exception as e:\n    print(e)\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0].startswith("trainer.objective=nonsense is not a metric") and out[1] == "False"
+
+
+def test_a_translator_refuses_an_evaluation_that_scores_samples():
+    for over in ("trainer.eval_every=10", "trainer.eval_every_time=1m"):
+        with pytest.raises(GenlabError, match="cyclegan translates images between two domains: there are no samples"):
+            validate(compose(["model=cyclegan", "dataset=unpaired_sneaker_sandal", over]))
+    validate(compose(["model=cyclegan", "dataset=unpaired_sneaker_sandal"]))

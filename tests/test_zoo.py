@@ -237,3 +237,24 @@ def test_the_target_says_met_or_what_is_missing_against_the_blurred_floor_and_th
            "train_s": None, "s_per_1k_samples": None, **table[0]}
     md = zoo.markdown([row], floors, ["fid"], ["# t"], target=True)
     assert md.splitlines()[2].split(" | ")[-3] == "target" and "| met |" in md
+
+
+def test_a_translator_trains_in_the_zoo_without_the_evaluation_curves(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(zoo.subprocess, "run", lambda argv, **kw: seen.append(argv) or type("P", (), {"returncode": 0}))
+    common = ["trainer.resume=auto", "trainer.eval_every_time=1m", "trainer.max_time=5m"]
+    cycle = zoo.Cell("cyclegan", "unpaired_sneaker_sandal", [], [0], tmp_path / "runs" / "u" / "cyclegan",
+                     model="cyclegan", translates=True)
+    gan = zoo.Cell("gan", "fashion_mnist", [], [0], tmp_path / "runs" / "f" / "gan", model="gan")
+    zoo._train_group("unpaired_sneaker_sandal", (0,), [cycle], common, [], False)
+    zoo._train_group("fashion_mnist", (0,), [gan], common, [], False)
+    assert "trainer.eval_every_time=null" in seen[0] and "trainer.eval_every_time=1m" not in seen[0]
+    assert "trainer.max_time=5m" in seen[0] and "trainer.eval_every_time=1m" in seen[1]
+
+
+def test_the_protocol_names_a_feature_network_without_a_test_accuracy():
+    protocol = {}
+    ev = {"feature_networks": [{"id": "mlp-grid25-1", "test_accuracy": None}], "values": {}}
+    zoo.note_protocol(protocol, "grid25", ev)
+    zoo.note_protocol(protocol, "grid25", ev)
+    assert protocol["grid25"]["net_trainings"] == {"mlp-grid25-1": 2}

@@ -55,6 +55,7 @@ class Cell:
     # a two-stage row (e.g. vqvae_prior): the row whose run of the same seed it trains on, and the key naming it
     first_stage: "Cell | None" = None
     stage_key: str = ""
+    translates: bool = False  # CycleGAN: no samples, so no evaluation during training
 
     def job_dir(self, seed: int) -> Path:
         return self.folder / f"s{seed}"
@@ -214,7 +215,8 @@ def zoo_cells(opts, passthrough: list[str], out: Path, given: set[str]) -> list[
                 problem = fits(cfg, plan)
             if problem is None:
                 here[m] = Cell(m, d, [f"model={m}"], list(range(opts.seeds)), out / "runs" / d / m, model=m,
-                               first_stage=here.get(first), stage_key=cls.first_stage_key or "")
+                               first_stage=here.get(first), stage_key=cls.first_stage_key or "",
+                               translates=cls.translates)
                 fitted[m] += 1
             elif both:
                 raise GenlabError(f"model {m} cannot run on dataset {d}: {problem}")
@@ -296,6 +298,8 @@ def _train_group(dataset: str, seeds: tuple, members: list[Cell], common: list[s
                  suite: bool) -> None:
     """One `genlab train -m` of the zoo: these cells on one dataset and their pending seeds."""
     sweep = members[0].folder.parent
+    if all(c.translates for c in members):  # a translator has no samples for the evaluation curves to score
+        common = [o for o in common if not o.startswith("trainer.eval_every_time=")] + ["trainer.eval_every_time=null"]
     if suite:
         varying = members[0].overrides
         subdir = f"{members[0].label}/s${{seed}}"
@@ -445,7 +449,8 @@ def note_protocol(protocol: dict, dataset: str, ev: dict) -> None:
         first = protocol[dataset] = {**ev, "net_trainings": first["net_trainings"]}
     seen = first["net_trainings"]
     for n in ev.get("feature_networks", []):
-        base = f"{n['id']} (test accuracy {float(n['test_accuracy']):.4f})"
+        acc = n.get("test_accuracy")  # points' feature networks have no classes, so no test accuracy
+        base = n["id"] + (f" (test accuracy {float(acc):.4f})" if acc is not None else "")
         weights = n.get("weights")
         key = f"{base}, weights {weights}" if weights else next((k for k in seen if k.startswith(base)), base)
         if weights and base in seen:  # an older record of this training: named by its weights from now on
