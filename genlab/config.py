@@ -373,9 +373,10 @@ def _validate(cfg: DictConfig, planned_first_stage: DictConfig | None = None) ->
                    "is read from files: use " + hint.format(value, value))
     attach_first_stage(cfg, planned_first_stage)
     mcfg = typed_model_config(cfg)
-    problem = model_class(cfg).check(mcfg, spec)
+    cls = model_class(cfg)
+    problem = cls.check(mcfg, spec)
     _check(problem is None, f"{problem}")
-    _check(not (model_class(cfg).translates and (t.eval_every or t.eval_every_time)),
+    _check(not (cls.translates and (t.eval_every or t.eval_every_time)),
            f"model {cfg.model.name} translates images between two domains: there are no samples for "
            "trainer.eval_every / trainer.eval_every_time to score; set trainer.eval_every=0 trainer.eval_every_time=null "
            "(genlab sample run=DIR input=test translates test images)")

@@ -54,12 +54,12 @@ def _one() -> float:
 def plus(*terms):
     """The sum of loss terms, leaving out absent ones (the Python number 0): `loss + 0.0` would cost an op and
     an autograd node per update, and add nothing."""
-    total = 0.0
+    total = None
     for t in terms:
         if isinstance(t, (int, float)) and t == 0:
             continue
-        total = t if isinstance(total, float) and total == 0 else total + t
-    return total
+        total = t if total is None else total + t
+    return 0.0 if total is None else total
 
 
 @dataclass

@@ -19,8 +19,8 @@ from torch import nn
 
 from genlab import nets
 from genlab.models.base import Batch
-from genlab.types import plus
 from genlab.models.gan import GAN, GANConfig, Side
+from genlab.types import plus
 
 D_CONDITIONING = ("projection", "concat", "none")
 

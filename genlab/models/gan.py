@@ -19,13 +19,13 @@ import torch
 from genlab import nets
 from genlab.models.augment import Augmentation, augment_problem, build_augment
 from genlab.models.base import Batch, Model, NetConfig, Step, StepContext, conv_size_problem
-from genlab.types import plus
 from genlab.models.ema import EMA
 from genlab.models.generator_objective import (GeneratorObjective, feature_matching, objective_problem, top_k,
                                                topk_count)
 from genlab.models.losses import LOSSES, AdversarialLoss, build_loss, loss_problem
 from genlab.models.penalties import (LeCamConfig, Regularisers, clipper, compilable, lazy_r1, lazy_ratio, lecam,
                                      lecam_problem, penalty_terms, r1_term, regulariser_problem)
+from genlab.types import plus
 
 
 @dataclass

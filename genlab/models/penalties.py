@@ -31,11 +31,10 @@ def input_gradients(critic, x: torch.Tensor, ctx: StepContext | None = None, gro
     out = critic(x)
     if out.dtype != torch.float32:
         out = out.float()
-    if ctx is None or not ctx.scaled:  # fp32 and bf16: no scaling, and no identity ops in the double backward
-        (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
-        return (grad if grad.dtype == torch.float32 else grad.float()).reshape(x.shape[0] // group, -1)
-    (grad,) = torch.autograd.grad(ctx.scale(out.sum()), x, create_graph=True)
-    return grad.float().reshape(x.shape[0] // group, -1) * ctx.inv_scale()
+    scaled = ctx is not None and ctx.scaled  # fp32 and bf16: no scaling, and no identity ops in the double backward
+    (grad,) = torch.autograd.grad(ctx.scale(out.sum()) if scaled else out.sum(), x, create_graph=True)
+    grad = (grad if grad.dtype == torch.float32 else grad.float()).reshape(x.shape[0] // group, -1)
+    return grad * ctx.inv_scale() if scaled else grad
 
 
 def perturbed(real: torch.Tensor, scale: float, group: int = 1) -> torch.Tensor:
